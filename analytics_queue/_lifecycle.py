@@ -1,0 +1,104 @@
+"""Process lifecycle: one atexit handler and one fork hook for every AnalyticsQueue alive.
+
+Instances are held by weak reference, so registering one never keeps it alive.
+
+At exit, every instance is asked to stop at once, then each is waited for, all within one shared
+budget (the largest ``shutdown_timeout``). The handler never starts a thread, catches
+``BaseException`` (gunicorn's SIGABRT raises ``SystemExit`` inside a running atexit handler) and
+logs one WARNING with the number of events it could not deliver, never their payloads.
+
+After ``fork()``, in the child, every instance drops what the parent queued (the parent delivers
+it), and gets fresh locks, a fresh HTTP session and a worker of its own at its first ``track()``.
+
+Thread safety: registration takes a lock; the hooks run where the interpreter calls them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Protocol
+
+logger = logging.getLogger("analytics_queue")
+
+
+class Lifecycle(Protocol):
+    """What the hooks need of an instance."""
+
+    @property
+    def shutdown_timeout(self) -> float: ...
+
+    def _begin_shutdown(self, deadline: float) -> None: ...
+
+    def _finish_shutdown(self, deadline: float) -> bool: ...
+
+    def _undelivered(self) -> int: ...
+
+    def _after_fork_in_child(self) -> None: ...
+
+
+_instances: weakref.WeakSet[Lifecycle] = weakref.WeakSet()
+_lock = threading.Lock()
+_hooks_installed = False
+
+
+def register(instance: Lifecycle) -> None:
+    """Include ``instance`` in the exit drain and the fork reset."""
+    global _hooks_installed
+    with _lock:
+        _instances.add(instance)
+        if not _hooks_installed:
+            atexit.register(drain_at_exit)
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_after_fork_in_child)
+            _hooks_installed = True
+
+
+def unregister(instance: Lifecycle) -> None:
+    with _lock:
+        _instances.discard(instance)
+
+
+def drain_at_exit() -> int:
+    """Send what every instance still holds within the shared budget.
+
+    Returns the number of events that could not be delivered (also logged as one WARNING).
+    """
+    instances = list(_instances)
+    undelivered = 0
+    try:
+        if not instances:
+            return 0
+        budget = max(instance.shutdown_timeout for instance in instances)
+        deadline = time.monotonic() + budget
+        for instance in instances:
+            instance._begin_shutdown(deadline)
+        for instance in instances:
+            instance._finish_shutdown(deadline)
+        undelivered = sum(instance._undelivered() for instance in instances)
+    except BaseException:  # noqa: B036 - SystemExit from a signal must not lose the count
+        try:
+            undelivered = sum(instance._undelivered() for instance in instances)
+        except BaseException:  # noqa: B036
+            undelivered = -1
+    if undelivered:
+        try:
+            logger.warning(
+                "analytics_queue: %s event(s) could not be delivered before exit",
+                undelivered if undelivered > 0 else "an unknown number of",
+            )
+        except BaseException:  # noqa: B036 - logging may be torn down already
+            pass
+    return undelivered
+
+
+def _after_fork_in_child() -> None:
+    for instance in list(_instances):
+        try:
+            instance._after_fork_in_child()
+        except Exception:
+            logger.exception("analytics_queue: resetting after fork failed")

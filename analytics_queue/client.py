@@ -1,0 +1,356 @@
+"""AnalyticsQueue: the public client. ``track()`` checks, captures and queues; nothing more.
+
+The hot path of an accepted event is: a few type checks, one loop over the properties that
+copies them, 128 random bits from a per-process ``random.Random`` (``uuid.uuid4()`` reads
+``os.urandom``, which releases the GIL and so puts the caller at the back of the line behind any
+busy thread), ``time.time()``, and ``put_nowait`` of a small tuple. Serialization, enrichment and
+the UUID's formatting happen on the worker.
+
+Safe to share between threads: one instance per process serves every request thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from analytics_queue import _lifecycle
+from analytics_queue._uwsgi import uwsgi_problems
+from analytics_queue._worker import Worker, _guarded, reentry
+from analytics_queue.config import Config, build_config
+from analytics_queue.errors import (
+    InvalidEventError,
+    QueueFullError,
+    RefusedError,
+    ShutdownError,
+    UnserializableError,
+)
+from analytics_queue.event import (
+    EventEncoder,
+    QueuedEvent,
+    capture_properties,
+    check_distinct_id,
+    check_timestamp,
+    check_uuid,
+)
+from analytics_queue.metrics import Counters, Health, Metrics, evaluate_health
+from analytics_queue.retry import RetryPolicy
+from analytics_queue.transport import LocalTransport, PostHogTransport, Transport
+
+logger = logging.getLogger(__name__)
+
+#: At most one "queue full" warning per this many seconds.
+QUEUE_FULL_WARNING_INTERVAL: Final = 60.0
+LOCAL_MODE_REASON: Final = "no API key: events are logged, not sent"
+
+_UNSET: Final[Any] = object()
+
+
+class AnalyticsQueue:
+    """Queues analytics events and sends them to PostHog from one background thread.
+
+    Every option not passed is read from the environment (``POSTHOG_API_KEY``,
+    ``POSTHOG_HOST``, ``ANALYTICS_QUEUE_<OPTION>``), else it takes the default below.
+
+    Args:
+        api_key: the PostHog project API key. None (and none in the environment): local
+            fallback mode, where events are logged to ``analytics_queue.local``, not sent.
+        host: PostHog's base URL (default ``https://us.i.posthog.com``).
+        batch_size: send as soon as this many events wait (10).
+        flush_interval: seconds; a waiting event is sent at most this long after track() (5.0).
+        max_queue_size: past this many waiting events track() refuses (10,000).
+        requeue_limit: after a retryable failure, the first N events of the batch go again and
+            the rest fail with reason ``retry_limit`` (5; None: all of them go again).
+        shutdown_timeout: the exit budget, seconds (5.0).
+        timeout: seconds for one HTTP attempt (10.0).
+        gzip: compress request bodies (True).
+        app_version: added to every event's properties as ``app_version``.
+        environment: added to every event's properties as ``environment``.
+        strict: refusals raise from track() instead of returning False (False).
+        disabled: track() is a no-op that returns False (False).
+        transport: a sender to use instead of PostHog's or the local one (tests, custom sinks).
+        retry_policy: the backoff between failed attempts.
+
+    Raises:
+        ConfigurationError: an explicit option is bad (a ``ValueError``).
+
+    Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        host: str | None = None,
+        batch_size: int | None = None,
+        flush_interval: float | None = None,
+        max_queue_size: int | None = None,
+        requeue_limit: int | None = _UNSET,
+        shutdown_timeout: float | None = None,
+        timeout: float | None = None,
+        gzip: bool | None = None,
+        app_version: str | None = None,
+        environment: str | None = None,
+        strict: bool | None = None,
+        disabled: bool | None = None,
+        *,
+        transport: Transport | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        options: dict[str, Any] = {
+            "api_key": api_key,
+            "host": host,
+            "batch_size": batch_size,
+            "flush_interval": flush_interval,
+            "max_queue_size": max_queue_size,
+            "shutdown_timeout": shutdown_timeout,
+            "timeout": timeout,
+            "gzip": gzip,
+            "app_version": app_version,
+            "environment": environment,
+            "strict": strict,
+            "disabled": disabled,
+        }
+        if requeue_limit is not _UNSET:
+            options["requeue_limit"] = requeue_limit
+        self._config = build_config(**options)
+        self._transport: Transport = transport or self._default_transport(self._config)
+        self._retry_policy = retry_policy
+        self._encoder = EventEncoder(self._config.app_version, self._config.environment)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._last_full_warning = 0.0
+        self._problems = uwsgi_problems()
+        for problem in self._problems:
+            logger.warning("%s", problem)
+        self._reset_process_state()
+        _lifecycle.register(self)
+
+    @staticmethod
+    def _default_transport(config: Config) -> Transport:
+        if config.api_key is None:
+            return LocalTransport()
+        return PostHogTransport(config.api_key, config.host, gzip=config.gzip)
+
+    def _reset_process_state(self) -> None:
+        """Everything that belongs to one process: queue, worker, counters, random source."""
+        config = self._config
+        self._pid = os.getpid()
+        self._rng = random.Random()
+        self._random_bits = self._rng.getrandbits
+        self._queue: queue.Queue[QueuedEvent] = queue.Queue(config.max_queue_size)
+        self._backlog = self._queue.queue
+        self._counters = Counters()
+        self._worker = Worker(
+            self._queue,
+            self._transport,
+            self._encoder,
+            self._counters,
+            batch_size=config.batch_size,
+            flush_interval=config.flush_interval,
+            requeue_limit=config.requeue_limit,
+            timeout=config.timeout,
+            retry_policy=self._retry_policy,
+        )
+        self._wake = self._worker.wake
+        self._batch_size = config.batch_size
+        # track() takes its fast path only while this is True: a started worker in this
+        # process, not shut down, not disabled.
+        self._ready = False
+
+    # -- configuration ----------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        """The options in force (the API key is not in its repr)."""
+        return self._config
+
+    @property
+    def shutdown_timeout(self) -> float:
+        return self._config.shutdown_timeout
+
+    # -- the hot path -----------------------------------------------------------------------
+
+    def track(
+        self,
+        event: str,
+        *,
+        distinct_id: str | int | Any,
+        properties: Mapping[str, Any] | None = None,
+        timestamp: Any = None,
+        uuid: Any = None,
+    ) -> bool:
+        """Queue one event; returns True when queued, False when refused (and counted).
+
+        Never blocks and, unless ``strict=True``, never raises.
+
+        Args:
+            event: the event name, a non-empty str.
+            distinct_id: the user's id: a non-empty str (an int or a UUID is stringified).
+            properties: a mapping with str keys; copied now, so later changes do not reach it.
+            timestamp: when it happened (a datetime, naive meaning UTC, or an ISO-8601 str);
+                default now.
+            uuid: the event's id (a UUID or its str); default a new random version-4 UUID.
+
+        Raises:
+            RefusedError: only with ``strict=True``; a ``TypeError`` or ``ValueError`` for a bad
+                event (naming the event and the property path), a ``RuntimeError`` for a full
+                or shut down queue.
+        """
+        if not self._ready or reentry.active or self._pid != os.getpid():
+            refusal = self._prepare()
+            if refusal is not None:
+                return self._refuse(refusal)
+        try:
+            if type(event) is not str or not event:
+                raise InvalidEventError(f"event name must be a non-empty str, got {event!r}")
+            if type(distinct_id) is not str or not distinct_id:
+                distinct_id = check_distinct_id(event, distinct_id)
+            props, _ = capture_properties(event, properties)
+            when = None if timestamp is None else check_timestamp(event, timestamp)
+            event_id = self._random_bits(128) if uuid is None else check_uuid(event, uuid)
+        except RefusedError as refusal:
+            return self._refuse(refusal)
+        except Exception as exc:  # a Mapping whose items() raises, a hostile __eq__, ...
+            return self._refuse(UnserializableError(f"event {event!r}: {exc!r}"))
+        try:
+            self._queue.put_nowait(
+                QueuedEvent(event, distinct_id, props, when, event_id, time.time())
+            )
+        except queue.Full:
+            return self._refuse(
+                QueueFullError(
+                    f"event {event!r}: the queue holds {self._config.max_queue_size} events"
+                )
+            )
+        if len(self._backlog) >= self._batch_size and not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def _prepare(self) -> RefusedError | None:
+        """The slow path of track(): fork, first call, shutdown, disabled, re-entry."""
+        if reentry.active:
+            return _Reentrant("track() called from analytics_queue's own logging")
+        if self._pid != os.getpid():
+            self._after_fork_in_child()
+        if self._config.disabled:
+            return _Disabled("analytics is disabled")
+        if self._closed:
+            return ShutdownError("the analytics queue was shut down")
+        with self._lock:
+            if not self._ready and not self._closed:
+                self._worker.start()
+                self._ready = True
+        return None
+
+    def _refuse(self, refusal: RefusedError) -> bool:
+        self._counters.refuse(refusal.reason)
+        if refusal.reason == "queue_full":
+            self._warn_queue_full()
+        if self._config.strict and refusal.reason not in _SILENT_REASONS:
+            raise refusal
+        return False
+
+    def _warn_queue_full(self) -> None:
+        now = time.monotonic()
+        if now - self._last_full_warning < QUEUE_FULL_WARNING_INTERVAL:
+            return
+        self._last_full_warning = now
+        with _guarded():
+            logger.warning(
+                "analytics queue is full (%d events): new events are refused and counted as "
+                "queue_full; is PostHog reachable?",
+                self._config.max_queue_size,
+            )
+
+    # -- flush and shutdown -----------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send what waits now; True when everything tracked before the call reached a final
+        state (delivered or failed) within ``timeout`` seconds (default: the ``timeout``
+        option). Sends on the calling thread when no worker runs in this process.
+        """
+        if self._pid != os.getpid():
+            self._after_fork_in_child()
+        limit = self._config.timeout if timeout is None else max(0.0, timeout)
+        return self._worker.flush(time.monotonic() + limit)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Flush, then stop the worker; True when nothing is left undelivered.
+
+        Idempotent. ``track()`` returns False afterwards. Waits at most ``timeout`` seconds
+        (default: the ``shutdown_timeout`` option), even when the server never answers.
+        """
+        limit = self._config.shutdown_timeout if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + limit
+        self._begin_shutdown(deadline)
+        return self._finish_shutdown(deadline)
+
+    def _begin_shutdown(self, deadline: float) -> None:
+        with self._lock:
+            self._closed = True
+            self._ready = False
+        self._worker.begin_stop(deadline)
+
+    def _finish_shutdown(self, deadline: float) -> bool:
+        done = self._worker.wait_stopped(deadline)
+        if not self._worker.alive:
+            self._transport.close()
+        return done
+
+    def _undelivered(self) -> int:
+        return self.queue_size
+
+    def _after_fork_in_child(self) -> None:
+        if self._pid == os.getpid():
+            return
+        self._lock = threading.Lock()
+        reset = getattr(self._transport, "reset_after_fork", None)
+        if callable(reset):
+            reset()
+        self._reset_process_state()
+
+    # -- figures ----------------------------------------------------------------------------
+
+    @property
+    def queue_size(self) -> int:
+        """Events not yet delivered or failed: waiting, in the retry line, and in flight."""
+        return self._worker.totals()[1]
+
+    def metrics(self) -> Metrics:
+        """A frozen snapshot of the delivery figures."""
+        queued, waiting = self._worker.totals()
+        return self._counters.snapshot(
+            queued=queued, queue_size=waiting, worker_alive=self._worker.alive
+        )
+
+    def health(self) -> Health:
+        """healthy / degraded / critical, with the reasons, from a fresh snapshot."""
+        notes = list(self._problems)
+        if self._config.local:
+            notes.insert(0, LOCAL_MODE_REASON)
+        return evaluate_health(
+            self.metrics(), mode="local" if self._config.local else "posthog", notes=notes
+        )
+
+    def __repr__(self) -> str:
+        mode = "local" if self._config.local else self._config.host
+        return f"<AnalyticsQueue {mode} queue_size={self.queue_size}>"
+
+
+class _Disabled(RefusedError):
+    reason = "disabled"
+
+
+class _Reentrant(RefusedError):
+    reason = "reentrant"
+
+
+# Refusals that never raise, even in strict mode: disabling analytics is deliberate, and a
+# logging handler must never get an exception back from our own log line.
+_SILENT_REASONS: Final = frozenset({"disabled", "reentrant"})

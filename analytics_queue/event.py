@@ -1,0 +1,308 @@
+"""One event: checked and captured on the caller's thread, serialized on the worker's.
+
+``capture_properties`` runs inside ``track()``: it copies the caller's properties (nested
+containers included, so later changes by the caller do not reach the event), converts what JSON
+cannot carry, and refuses NaN, infinities and unknown types with the path of the bad value. Its
+fast path is one loop over a flat dict of str, int, float, bool and None.
+
+``EventEncoder`` runs on the worker: it turns a queued tuple into the JSON bytes of one element of
+PostHog's ``batch`` array, enriched with ``$lib``, ``$lib_version``, ``queued_at`` and the
+configured ``app_version`` and ``environment``.
+
+Pure functions and an immutable encoder: safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import json
+import math
+import uuid as uuid_module
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any, Final, NamedTuple
+
+from analytics_queue._version import __version__
+from analytics_queue.errors import (
+    InvalidEventError,
+    OversizeError,
+    RefusedError,
+    UnserializableError,
+)
+
+#: PostHog's capture service refuses an event over about 1 MB; we stay clear of it.
+MAX_EVENT_BYTES: Final = 900 * 1024
+#: Deeper nesting than this is refused (and catches reference cycles).
+MAX_DEPTH: Final = 64
+LIB_NAME: Final = "analytics_queue"
+
+_UTC: Final = dt.timezone.utc
+_INFINITIES: Final = (math.inf, -math.inf)
+# Rough serialized overhead per value and per key, for the cheap size estimate in track().
+_VALUE_OVERHEAD: Final = 4
+
+
+class QueuedEvent(NamedTuple):
+    """What track() puts on the queue: small, immutable, and cheap to build.
+
+    ``uuid`` is the caller's uuid as a canonical str, or a random 128-bit int that the worker
+    formats as a version-4 UUID; ``timestamp`` is None when it equals ``tracked_at``.
+    """
+
+    event: str
+    distinct_id: str
+    properties: dict[str, Any]
+    timestamp: dt.datetime | None
+    uuid: str | int
+    tracked_at: float
+
+
+def _path(parts: tuple[object, ...]) -> str:
+    return "properties" + "".join(
+        f"[{json.dumps(p)}]" if isinstance(p, str) else f"[{p!r}]" for p in parts
+    )
+
+
+class _Refusal(Exception):
+    """Internal: carries the path of a refused value up to capture_properties."""
+
+    def __init__(self, parts: tuple[object, ...], message: str, error: type[RefusedError]):
+        super().__init__(message)
+        self.parts = parts
+        self.message = message
+        self.error = error
+
+
+def _convert(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
+    """Copy one non-trivial value into JSON-native types; returns it and its size estimate."""
+    if len(parts) > MAX_DEPTH:
+        raise _Refusal(parts, f"nested deeper than {MAX_DEPTH} levels", InvalidEventError)
+    if isinstance(value, enum.Enum):
+        return _convert(value.value, parts)
+    if isinstance(value, bool):
+        return bool(value), _VALUE_OVERHEAD
+    if isinstance(value, int):
+        return int(value), _VALUE_OVERHEAD
+    if isinstance(value, float):
+        if math.isnan(value) or value in _INFINITIES:
+            raise _Refusal(parts, f"{value!r} cannot be sent as JSON", InvalidEventError)
+        return float(value), _VALUE_OVERHEAD
+    if isinstance(value, str):
+        return str(value), len(value) + _VALUE_OVERHEAD
+    if value is None:
+        return None, _VALUE_OVERHEAD
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        size = 2
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Refusal(
+                    (*parts, key),
+                    f"key of type {type(key).__name__} (keys must be str)",
+                    UnserializableError,
+                )
+            converted, n = _convert(item, (*parts, key))
+            out[str(key)] = converted
+            size += n + len(key) + _VALUE_OVERHEAD
+        return out, size
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items: list[Any] = []
+        size = 2
+        for index, item in enumerate(value):
+            converted, n = _convert(item, (*parts, index))
+            items.append(converted)
+            size += n + 1
+        return items, size
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        text = value.isoformat()
+        return text, len(text) + _VALUE_OVERHEAD
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise _Refusal(parts, f"Decimal {value} cannot be sent as JSON", InvalidEventError)
+        return float(value), _VALUE_OVERHEAD + 16
+    if isinstance(value, uuid_module.UUID):
+        return str(value), 40
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return _convert(fields, parts)
+    raise _Refusal(
+        parts,
+        f"object of type {type(value).__name__} is not JSON serializable",
+        UnserializableError,
+    )
+
+
+def capture_properties(
+    event: str, properties: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], int]:
+    """Copy and check ``properties`` for one event; returns the copy and its size estimate.
+
+    Raises:
+        RefusedError: a subclass naming the event and the property path of the bad value.
+    """
+    if properties is None:
+        return {}, 0
+    if not isinstance(properties, Mapping):
+        raise UnserializableError(
+            f"event {event!r}: properties must be a mapping, got {type(properties).__name__}"
+        )
+    out: dict[str, Any] = {}
+    size = 0
+    try:
+        for key, value in properties.items():
+            if type(key) is not str:
+                if not isinstance(key, str):
+                    raise _Refusal(
+                        (key,),
+                        f"key of type {type(key).__name__} (keys must be str)",
+                        UnserializableError,
+                    )
+                key = str(key)
+            kind = type(value)
+            if kind is str:
+                size += len(value) + len(key) + _VALUE_OVERHEAD
+            elif kind is int or kind is bool or value is None:
+                size += len(key) + _VALUE_OVERHEAD
+            elif kind is float:
+                if value != value or value in _INFINITIES:
+                    raise _Refusal((key,), f"{value!r} cannot be sent as JSON", InvalidEventError)
+                size += len(key) + _VALUE_OVERHEAD
+            else:
+                value, n = _convert(value, (key,))
+                size += n + len(key)
+            out[key] = value
+    except _Refusal as refusal:
+        raise refusal.error(f"event {event!r}: {_path(refusal.parts)}: {refusal.message}") from None
+    except RecursionError:
+        raise InvalidEventError(f"event {event!r}: properties nest too deeply") from None
+    if size > MAX_EVENT_BYTES:
+        raise OversizeError(
+            f"event {event!r}: properties take about {size} bytes, over the "
+            f"{MAX_EVENT_BYTES}-byte limit of one event"
+        )
+    return out, size
+
+
+def check_distinct_id(event: str, distinct_id: object) -> str:
+    """Return the distinct id as a non-empty str (int and UUID are stringified)."""
+    if type(distinct_id) is str and distinct_id:
+        return distinct_id
+    if isinstance(distinct_id, (int, uuid_module.UUID)) and not isinstance(distinct_id, bool):
+        return str(distinct_id)
+    if isinstance(distinct_id, str) and distinct_id:
+        return str(distinct_id)
+    raise InvalidEventError(
+        f"event {event!r}: distinct_id must be a non-empty str, int or UUID, got {distinct_id!r}"
+    )
+
+
+def check_timestamp(event: str, timestamp: object) -> dt.datetime:
+    """Return an aware UTC datetime from a datetime (naive means UTC) or an ISO-8601 string."""
+    when: dt.datetime
+    if isinstance(timestamp, dt.datetime):
+        when = timestamp
+    elif isinstance(timestamp, str):
+        text = timestamp.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            when = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidEventError(
+                f"event {event!r}: timestamp {timestamp!r} is not ISO-8601"
+            ) from None
+    else:
+        raise InvalidEventError(
+            f"event {event!r}: timestamp must be a datetime or an ISO-8601 str, "
+            f"got {type(timestamp).__name__}"
+        )
+    if when.tzinfo is None:
+        return when.replace(tzinfo=_UTC)
+    return when.astimezone(_UTC)
+
+
+def check_uuid(event: str, value: object) -> str:
+    """Return the caller's uuid in canonical form."""
+    if isinstance(value, uuid_module.UUID):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            return str(uuid_module.UUID(value))
+        except ValueError:
+            pass
+    raise InvalidEventError(f"event {event!r}: uuid {value!r} is not a valid UUID")
+
+
+def format_uuid4(bits: int) -> str:
+    """Format 128 random bits as a version-4, RFC 4122 variant UUID string."""
+    bits = (bits & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def isoformat(epoch: float) -> str:
+    """UTC ISO-8601 with microseconds, as PostHog's SDK writes it."""
+    return dt.datetime.fromtimestamp(epoch, _UTC).isoformat(timespec="microseconds")
+
+
+class EventEncoder:
+    """Serializes queued events into the JSON bytes of PostHog batch elements.
+
+    Args:
+        app_version: added to every event's properties as ``app_version`` when set.
+        environment: added as ``environment`` when set.
+
+    Immutable after construction; safe to share between threads.
+    """
+
+    __slots__ = ("_dumps", "_static")
+
+    def __init__(self, app_version: str | None = None, environment: str | None = None) -> None:
+        static: dict[str, Any] = {"$lib": LIB_NAME, "$lib_version": __version__}
+        if app_version is not None:
+            static["app_version"] = app_version
+        if environment is not None:
+            static["environment"] = environment
+        self._static = static
+        self._dumps = json.JSONEncoder(
+            ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
+        ).encode
+
+    def uuid_of(self, item: QueuedEvent) -> str:
+        """The event's uuid as sent on the wire."""
+        return item.uuid if type(item.uuid) is str else format_uuid4(int(item.uuid))
+
+    def encode(self, item: QueuedEvent) -> bytes:
+        """One batch element as UTF-8 JSON bytes.
+
+        Raises:
+            InvalidEventError: a str holds a lone surrogate (not valid UTF-8).
+            OversizeError: the element is over :data:`MAX_EVENT_BYTES`.
+        """
+        queued_at = isoformat(item.tracked_at)
+        properties = {**self._static, "queued_at": queued_at, **item.properties}
+        body = {
+            "event": item.event,
+            "distinct_id": item.distinct_id,
+            "properties": properties,
+            "timestamp": queued_at
+            if item.timestamp is None
+            else item.timestamp.isoformat(timespec="microseconds"),
+            "uuid": self.uuid_of(item),
+        }
+        try:
+            data = self._dumps(body).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEventError(
+                f"event {item.event!r}: a string is not valid Unicode (lone surrogate)"
+            ) from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidEventError(f"event {item.event!r}: {exc}") from None
+        if len(data) > MAX_EVENT_BYTES:
+            raise OversizeError(
+                f"event {item.event!r}: {len(data)} bytes serialized, over the "
+                f"{MAX_EVENT_BYTES}-byte limit of one event"
+            )
+        return data
