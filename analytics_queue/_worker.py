@@ -310,8 +310,8 @@ class Worker:
                 if self._flush_waiters:
                     return self._retry_after_until - now
                 return self._not_before - now
-            if self._flush_waiters or pending >= self._batch_size:
-                return 0.0
+            if self._flush_waiters or self._retry or pending >= self._batch_size:
+                return 0.0  # a retry is due as soon as its backoff is over
             oldest = self._retry[0].tracked_at if self._retry else self._events.queue[0].tracked_at
         age = self._clock() - oldest
         return max(0.0, self._flush_interval - age)

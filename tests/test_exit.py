@@ -1,0 +1,149 @@
+"""Exit behaviour, in subprocesses: what the capture server received and how long exit took."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from analytics_queue.testing import CaptureServer
+
+KEY = "phc_exit_test"
+
+
+def run_script(code: str, server: CaptureServer, **env: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``code`` in a fresh interpreter; returns the result and seconds from 'ready' to exit."""
+    environ = {
+        **os.environ,
+        "PYTHONWARNINGS": "error",
+        "POSTHOG_API_KEY": KEY,
+        "POSTHOG_HOST": server.url,
+        **env,
+    }
+    # The app configures logging, as a real one does: the library itself only has a NullHandler.
+    preamble = "import logging\nlogging.basicConfig(level=logging.WARNING)\n"
+    process = subprocess.Popen(
+        [sys.executable, "-c", preamble + textwrap.dedent(code)],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    ready = process.stdout.readline()
+    assert ready.strip() == "ready", ready + (process.stderr.read() if process.stderr else "")
+    started = time.monotonic()
+    stdout, stderr = process.communicate(timeout=60)
+    elapsed = time.monotonic() - started
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), elapsed
+
+
+TRACK_500_AND_EXIT = """
+    from analytics_queue import AnalyticsQueue
+    q = AnalyticsQueue(flush_interval=60, shutdown_timeout=5)
+    for i in range(500):
+        q.track("exit", distinct_id="u", properties={"i": i})
+    print("ready", flush=True)
+"""
+
+
+def test_500_events_queued_at_exit_all_arrive_from_a_slow_server(
+    capture_server: CaptureServer,
+) -> None:
+    capture_server.delay_responses(0.3)
+    result, elapsed = run_script(TRACK_500_AND_EXIT, capture_server)
+    assert result.returncode == 0, result.stderr
+    assert len(capture_server.events("exit")) == 500
+    assert capture_server.duplicates() == []
+    assert elapsed < 5 + 0.5 + 2  # within the budget; generous margin for interpreter teardown
+    assert "could not be delivered" not in result.stderr
+
+
+def test_exit_keeps_its_budget_when_the_server_is_down(capture_server: CaptureServer) -> None:
+    capture_server.down()
+    code = TRACK_500_AND_EXIT.replace("shutdown_timeout=5", "shutdown_timeout=1")
+    result, elapsed = run_script(code, capture_server)
+    assert result.returncode == 0
+    assert elapsed < 1 + 0.5 + 1.5
+    assert "could not be delivered before exit" in result.stderr
+    assert KEY not in result.stderr
+
+
+def test_exit_keeps_its_budget_when_the_server_never_answers(
+    capture_server: CaptureServer,
+) -> None:
+    capture_server.hang()
+    code = TRACK_500_AND_EXIT.replace("shutdown_timeout=5", "shutdown_timeout=1")
+    result, elapsed = run_script(code, capture_server)
+    assert result.returncode == 0
+    assert elapsed < 1 + 0.5 + 1.5
+    assert "500 event(s) could not be delivered before exit" in result.stderr
+
+
+def test_a_signal_raising_systemexit_inside_the_exit_drain_still_logs_the_count(
+    capture_server: CaptureServer,
+) -> None:
+    # gunicorn's SIGABRT handler raises SystemExit inside a running atexit handler.
+    capture_server.hang()
+    code = """
+        import signal, sys
+        from analytics_queue import AnalyticsQueue
+        def abort(signum, frame):
+            sys.exit(1)
+        signal.signal(signal.SIGALRM, abort)
+        q = AnalyticsQueue(flush_interval=60, shutdown_timeout=30)
+        for i in range(7):
+            q.track("exit", distinct_id="u")
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        print("ready", flush=True)
+    """
+    result, elapsed = run_script(code, capture_server)
+    assert elapsed < 10
+    assert "7 event(s) could not be delivered before exit" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_events_tracked_inside_an_atexit_handler_are_delivered_without_a_new_thread(
+    capture_server: CaptureServer,
+) -> None:
+    code = """
+        import atexit, threading
+        from analytics_queue import AnalyticsQueue
+        q = AnalyticsQueue(flush_interval=60)
+
+        def late():
+            # As on Python 3.12+: no new thread may start at interpreter shutdown.
+            def refuse(self):
+                raise RuntimeError("can't create new thread at interpreter shutdown")
+            threading.Thread.start = refuse
+            q.track("at_exit", distinct_id="u")
+
+        atexit.register(late)  # registered after ours, so it runs before ours
+        print("ready", flush=True)
+    """
+    result, _ = run_script(code, capture_server)
+    assert result.returncode == 0, result.stderr
+    assert len(capture_server.events("at_exit")) == 1
+
+
+@pytest.mark.parametrize("instances", [2])
+def test_one_shared_budget_for_every_instance(
+    capture_server: CaptureServer, instances: int
+) -> None:
+    capture_server.delay_responses(0.3)
+    code = f"""
+        from analytics_queue import AnalyticsQueue
+        queues = [AnalyticsQueue(flush_interval=60, shutdown_timeout=3) for _ in range({instances})]
+        for n, q in enumerate(queues):
+            for i in range(50):
+                q.track("multi", distinct_id=str(n), properties={{"i": i}})
+        print("ready", flush=True)
+    """
+    result, elapsed = run_script(code, capture_server)
+    assert result.returncode == 0, result.stderr
+    assert len(capture_server.events("multi")) == 50 * instances
+    assert elapsed < 3 + 0.5 + 2
