@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 from typing import Any
+
+logger = logging.getLogger("analytics_queue")
 
 
 def _flag(options: Any, name: str) -> bool:
@@ -30,7 +33,10 @@ def _version(module: Any) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=1)
 def uwsgi_problems() -> tuple[str, ...]:
-    """One message per uWSGI setting that loses events; empty outside uWSGI."""
+    """One message per uWSGI setting that loses events; empty outside uWSGI.
+
+    Computed once per process, when each is also logged as one WARNING.
+    """
     try:
         module = importlib.import_module("uwsgi")
     except ImportError:
@@ -49,4 +55,6 @@ def uwsgi_problems() -> tuple[str, ...]:
             "uWSGI: SIGTERM reloads instead of stopping (add --die-on-term); "
             "events waiting at a SIGTERM may be lost"
         )
+    for problem in problems:
+        logger.warning("%s", problem)
     return tuple(problems)

@@ -384,7 +384,12 @@ class Worker:
                     self._put_back([p for sub in (part, *reversed(stack)) for p in sub] + overflow)
                     return True
             started = self._monotonic()
-            result = self._transport.send([p.data for p in part], timeout)
+            try:
+                result = self._transport.send([p.data for p in part], timeout)
+            except Exception as exc:  # a custom transport's bug must not lose the batch
+                with _guarded():
+                    logger.warning("analytics transport raised; retrying", exc_info=True)
+                result = SendResult(False, error=f"transport raised {type(exc).__name__}")
             seconds = self._monotonic() - started
             if result.ok:
                 now = self._clock()

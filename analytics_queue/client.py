@@ -126,8 +126,6 @@ class AnalyticsQueue:
         self._closed = False
         self._last_full_warning = 0.0
         self._problems = uwsgi_problems()
-        for problem in self._problems:
-            logger.warning("%s", problem)
         self._reset_process_state()
         _lifecycle.register(self)
 

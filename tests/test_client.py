@@ -8,7 +8,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ import analytics_queue
 from analytics_queue import AnalyticsQueue, InvalidEventError, OversizeError, UnserializableError
 from analytics_queue.retry import RetryPolicy
 from analytics_queue.testing import CaptureServer
+from analytics_queue.transport import SendResult
 
 KEY = "phc_test_key_0123456789"
 FAST_RETRY = RetryPolicy(base=0.05, cap=0.05, jitter=False)
@@ -461,3 +462,37 @@ def test_the_default_instance(capture_server: CaptureServer) -> None:
         assert analytics_queue.shutdown(timeout=5)
     finally:
         analytics_queue._default = previous
+
+
+class ScriptedTransport:
+    """Answers from a list: a SendResult, or an exception to raise."""
+
+    def __init__(self, script: list[SendResult | Exception]) -> None:
+        self.script = script
+        self.batches: list[int] = []
+
+    def send(self, elements: Sequence[bytes], timeout: float) -> SendResult:
+        self.batches.append(len(elements))
+        answer = self.script.pop(0) if self.script else SendResult(True, 200)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_transport_that_raises_neither_kills_the_worker_nor_loses_events() -> None:
+    transport = ScriptedTransport([RuntimeError("bug in a custom sink")])
+    queue = AnalyticsQueue(api_key=KEY, transport=transport, retry_policy=FAST_RETRY)
+    try:
+        for i in range(3):
+            queue.track("e", distinct_id="u", properties={"i": i})
+        assert queue.flush(timeout=10)
+        metrics = queue.metrics()
+        assert transport.batches == [3, 3]
+        assert metrics.delivered == 3 and metrics.failed == 0 and metrics.worker_alive
+        assert metrics.last_error is not None
+        assert "RuntimeError" in metrics.last_error["message"]
+    finally:
+        queue.shutdown(timeout=2)
