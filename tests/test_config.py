@@ -51,7 +51,9 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
 
 
 def test_explicit_options_win_over_the_environment() -> None:
-    config = build_config(env={"ANALYTICS_QUEUE_BATCH_SIZE": "25"}, batch_size=3, requeue_limit=None)
+    config = build_config(
+        env={"ANALYTICS_QUEUE_BATCH_SIZE": "25"}, batch_size=3, requeue_limit=None
+    )
     assert config.batch_size == 3
     assert config.requeue_limit is None
 

@@ -15,7 +15,9 @@ from analytics_queue.testing import CaptureServer
 KEY = "phc_exit_test"
 
 
-def run_script(code: str, server: CaptureServer, **env: str) -> tuple[subprocess.CompletedProcess[str], float]:
+def run_script(
+    code: str, server: CaptureServer, **env: str
+) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run ``code`` in a fresh interpreter; returns the result and seconds from 'ready' to exit."""
     environ = {
         **os.environ,

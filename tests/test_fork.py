@@ -96,7 +96,7 @@ def test_a_fork_that_skips_pythons_hooks_is_caught_by_the_pid_check(
     assert [e.event for e in capture_server.events()] == ["after_fake_fork"]
 
 
-WSGI_APP = '''
+WSGI_APP = """
 import os
 from analytics_queue import AnalyticsQueue
 
@@ -108,7 +108,7 @@ def app(environ, start_response):
     analytics.track("request", distinct_id="visitor", properties={"pid": os.getpid()})
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [str(os.getpid()).encode()]
-'''
+"""
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -139,9 +139,22 @@ def test_gunicorn_preload_with_three_workers_delivers_every_event_once(
         "PYTHONPATH": str(tmp_path),
     }
     server = subprocess.Popen(
-        [gunicorn, "--preload", "-w", "3", "--bind", f"unix:{sock}",
-         "--graceful-timeout", "20", "fork_app:app"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            gunicorn,
+            "--preload",
+            "-w",
+            "3",
+            "--bind",
+            f"unix:{sock}",
+            "--graceful-timeout",
+            "20",
+            "fork_app:app",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert server.stdout is not None

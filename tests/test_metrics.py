@@ -60,8 +60,23 @@ def test_rates_are_percent_of_final_events() -> None:
     assert m.avg_delivery_ms == pytest.approx(100.0)
     assert m.failed_by_reason == {"retry_limit": 5}
     assert set(m.to_dict()) >= {
-        "queued", "delivered", "failed", "failed_by_reason", "refused", "refused_by_reason",
-        "retried", "batches_sent", "batches_failed", "queue_size", "peak_queue_size",
-        "avg_delivery_ms", "avg_send_ms", "delivery_rate", "failure_rate", "last_error",
-        "last_success_at", "consecutive_failures", "worker_alive",
+        "queued",
+        "delivered",
+        "failed",
+        "failed_by_reason",
+        "refused",
+        "refused_by_reason",
+        "retried",
+        "batches_sent",
+        "batches_failed",
+        "queue_size",
+        "peak_queue_size",
+        "avg_delivery_ms",
+        "avg_send_ms",
+        "delivery_rate",
+        "failure_rate",
+        "last_error",
+        "last_success_at",
+        "consecutive_failures",
+        "worker_alive",
     }

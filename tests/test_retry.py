@@ -34,8 +34,19 @@ def test_delay_is_at_least_the_retry_after() -> None:
 
 @pytest.mark.parametrize(
     ("status", "retryable"),
-    [(None, True), (408, True), (429, True), (500, True), (503, True), (599, True),
-     (400, False), (401, False), (403, False), (413, False), (200, False)],
+    [
+        (None, True),
+        (408, True),
+        (429, True),
+        (500, True),
+        (503, True),
+        (599, True),
+        (400, False),
+        (401, False),
+        (403, False),
+        (413, False),
+        (200, False),
+    ],
 )
 def test_is_retryable(status: int | None, retryable: bool) -> None:
     assert is_retryable(status) is retryable
