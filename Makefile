@@ -24,7 +24,7 @@ typecheck: install
 
 # pytest exits 5 when it collected no test: make fails on it like on any other non-zero code.
 pytest: install
-	$(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS)
+	$(BIN)/pytest --benchmark-disable --cov --cov-report=term $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
