@@ -1,0 +1,89 @@
+"""The Django AppConfig: configures the default AnalyticsQueue from settings."""
+
+# Django ships no type information: its names are Any here.
+# mypy: disable-error-code="import-untyped"
+# mypy: allow-subclassing-any
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core import checks
+from django.core.signals import setting_changed
+
+import analytics_queue
+from analytics_queue.config import validate_options
+
+logger = logging.getLogger(__name__)
+
+#: The settings this app reads; a change to any of them (``override_settings``) reconfigures.
+SETTING_NAMES: Final = ("POSTHOG_API_KEY", "POSTHOG_HOST", "ANALYTICS_QUEUE")
+
+
+def options_from_settings() -> dict[str, Any]:
+    """The AnalyticsQueue options that settings give, without the invalid ones (logged instead).
+
+    ``POSTHOG_API_KEY`` and ``POSTHOG_HOST`` (when set and not None) become ``api_key`` and
+    ``host``; the ``ANALYTICS_QUEUE`` dict gives the other options. A bad value is logged at
+    ERROR and left out, so the option falls back to its environment variable or default, like a
+    bad environment value does; ``manage.py check`` reports it as ``analytics_queue.E001``.
+    """
+    given: dict[str, Any] = {}
+    for option, setting in (("api_key", "POSTHOG_API_KEY"), ("host", "POSTHOG_HOST")):
+        value = getattr(settings, setting, None)
+        if value is not None:
+            given[option] = value
+    raw = getattr(settings, "ANALYTICS_QUEUE", None) or {}
+    if isinstance(raw, Mapping):
+        for name, value in raw.items():
+            if name in ("api_key", "host"):
+                logger.error(
+                    "ignoring settings.ANALYTICS_QUEUE[%r]: set POSTHOG_%s instead",
+                    name,
+                    name.upper(),
+                )
+            else:
+                given[name] = value
+    else:
+        logger.error(
+            "ignoring settings.ANALYTICS_QUEUE: must be a dict of options, got %s",
+            type(raw).__name__,
+        )
+    options: dict[str, Any] = {}
+    for name, value in given.items():
+        problems = validate_options({name: value})
+        if problems:
+            logger.error("ignoring a setting of analytics_queue: %s", "; ".join(problems))
+        else:
+            options[name] = value
+    return options
+
+
+def configure_from_settings() -> analytics_queue.AnalyticsQueue:
+    """(Re)configure the default AnalyticsQueue from settings; the old one is shut down."""
+    return analytics_queue.configure(**options_from_settings())
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in SETTING_NAMES:
+        configure_from_settings()
+
+
+class AnalyticsQueueConfig(AppConfig):
+    """``analytics_queue.django``: add it to ``INSTALLED_APPS``."""
+
+    name = "analytics_queue.django"
+    label = "analytics_queue"
+    verbose_name = "Analytics queue"
+
+    def ready(self) -> None:
+        """Register the system checks and configure the default AnalyticsQueue from settings."""
+        from analytics_queue.django.checks import check_settings
+
+        checks.register(check_settings)
+        setting_changed.connect(_on_setting_changed, dispatch_uid="analytics_queue.settings")
+        configure_from_settings()

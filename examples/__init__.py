@@ -1,0 +1,1 @@
+"""Runnable examples of analytics_queue (not part of the installed package)."""
