@@ -19,6 +19,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from analytics_queue._lifecycle import install_sigterm_handler
 from analytics_queue._version import __version__
 from analytics_queue.client import AnalyticsQueue
 from analytics_queue.config import Config
@@ -54,6 +55,7 @@ __all__ = [
     "get_health",
     "get_metrics",
     "get_queue_size",
+    "install_sigterm_handler",
     "shutdown",
     "track",
 ]

@@ -18,9 +18,11 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import threading
 import time
 import weakref
+from types import FrameType
 from typing import Protocol
 
 logger = logging.getLogger("analytics_queue")
@@ -94,6 +96,35 @@ def drain_at_exit() -> int:
         except BaseException:  # noqa: B036 - logging may be torn down already
             pass
     return undelivered
+
+
+def install_sigterm_handler() -> None:
+    """Opt in: drain the queues on SIGTERM, then let the previous SIGTERM handler act.
+
+    For servers that install no SIGTERM handler of their own (waitress, a plain
+    ``python app.py``), where SIGTERM (``docker stop``, Kubernetes) ends the process without
+    running atexit. The previous handler is chained: a callable is called after the drain,
+    ``SIG_IGN`` stays ignored, and the default action still ends the process by the signal.
+    Call it from the main thread (Python's rule for signal handlers); calling it twice installs
+    it once.
+
+    Raises:
+        ValueError: when called from another thread than the main one.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if getattr(previous, "_analytics_queue_handler", False):
+        return
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        drain_at_exit()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    on_sigterm._analytics_queue_handler = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _after_fork_in_child() -> None:

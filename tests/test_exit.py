@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -149,3 +150,42 @@ def test_one_shared_budget_for_every_instance(
     assert result.returncode == 0, result.stderr
     assert len(capture_server.events("multi")) == 50 * instances
     assert elapsed < 3 + 0.5 + 2
+
+
+def test_the_opt_in_sigterm_handler_drains_then_ends_the_process_by_the_signal(
+    capture_server: CaptureServer,
+) -> None:
+    # waitress installs no SIGTERM handler: without ours, SIGTERM loses the queue.
+    code = """
+        import os, signal
+        import analytics_queue
+        from analytics_queue import AnalyticsQueue
+        analytics_queue.install_sigterm_handler()
+        analytics_queue.install_sigterm_handler()  # twice installs it once
+        q = AnalyticsQueue(flush_interval=60)
+        for i in range(20):
+            q.track("sigterm", distinct_id="u", properties={"i": i})
+        print("ready", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()  # never reached past the default action
+    """
+    result, elapsed = run_script(code, capture_server)
+    assert result.returncode == -signal.SIGTERM, result.stderr
+    assert len(capture_server.events("sigterm")) == 20
+    assert elapsed < 10
+
+
+def test_without_the_handler_sigterm_loses_the_queue(capture_server: CaptureServer) -> None:
+    # The failure the handler exists for, shown so that the test above can be trusted.
+    code = """
+        import os, signal
+        from analytics_queue import AnalyticsQueue
+        q = AnalyticsQueue(flush_interval=60)
+        q.track("sigterm", distinct_id="u")
+        print("ready", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()
+    """
+    result, _ = run_script(code, capture_server)
+    assert result.returncode == -signal.SIGTERM
+    assert capture_server.events("sigterm") == []
