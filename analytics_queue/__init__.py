@@ -15,12 +15,14 @@ The module-level functions are safe to call from any thread.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from analytics_queue._lifecycle import install_sigterm_handler
 from analytics_queue._version import __version__
+from analytics_queue._worker import reentry
 from analytics_queue.client import AnalyticsQueue
 from analytics_queue.config import Config
 from analytics_queue.errors import (
@@ -66,6 +68,15 @@ _default: AnalyticsQueue | None = None
 _default_lock = threading.Lock()
 
 
+def _reset_default_lock() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_default_lock)
+
+
 def get_default() -> AnalyticsQueue:
     """The default instance, built from the environment on first use."""
     global _default
@@ -104,6 +115,8 @@ def track(
     uuid: Any = None,
 ) -> bool:
     """``track()`` on the default instance."""
+    if reentry.active:  # a logging handler fed by our own log lines, maybe mid-construction
+        return False
     return get_default().track(
         event, distinct_id=distinct_id, properties=properties, timestamp=timestamp, uuid=uuid
     )

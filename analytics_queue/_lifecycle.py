@@ -1,11 +1,14 @@
 """Process lifecycle: one atexit handler and one fork hook for every AnalyticsQueue alive.
 
-Instances are held by weak reference, so registering one never keeps it alive.
+Instances are held by weak reference, so registering one never keeps it alive. Their workers are
+held strongly while their thread may hold events (from start to the end of the thread), so
+events of an instance that was garbage-collected are still drained at exit.
 
-At exit, every instance is asked to stop at once, then each is waited for, all within one shared
-budget (the largest ``shutdown_timeout``). The handler never starts a thread, catches
-``BaseException`` (gunicorn's SIGABRT raises ``SystemExit`` inside a running atexit handler) and
-logs one WARNING with the number of events it could not deliver, never their payloads.
+At exit, every instance is closed and every worker asked to stop at once, then each is waited
+for, all within one shared budget (the largest ``shutdown_timeout``). The handler never starts a
+thread, catches ``BaseException`` (gunicorn's SIGABRT raises ``SystemExit`` inside a running
+atexit handler) and logs one WARNING with the number of events it could not deliver, never their
+payloads.
 
 After ``fork()``, in the child, every instance drops what the parent queued (the parent delivers
 it), and gets fresh locks, a fresh HTTP session and a worker of its own at its first ``track()``.
@@ -31,19 +34,25 @@ logger = logging.getLogger("analytics_queue")
 class Lifecycle(Protocol):
     """What the hooks need of an instance."""
 
-    @property
-    def shutdown_timeout(self) -> float: ...
-
     def _begin_shutdown(self, deadline: float) -> None: ...
-
-    def _finish_shutdown(self, deadline: float) -> bool: ...
-
-    def _undelivered(self) -> int: ...
 
     def _after_fork_in_child(self) -> None: ...
 
 
+class Drainable(Protocol):
+    """What the exit drain needs of a worker."""
+
+    shutdown_timeout: float
+
+    def begin_stop(self, deadline: float) -> None: ...
+
+    def wait_stopped(self, deadline: float) -> bool: ...
+
+    def totals(self) -> tuple[int, int]: ...
+
+
 _instances: weakref.WeakSet[Lifecycle] = weakref.WeakSet()
+_workers: set[Drainable] = set()
 _lock = threading.Lock()
 _hooks_installed = False
 
@@ -60,9 +69,15 @@ def register(instance: Lifecycle) -> None:
             _hooks_installed = True
 
 
-def unregister(instance: Lifecycle) -> None:
+def keep(worker: Drainable) -> None:
+    """Hold ``worker`` for the exit drain until :func:`release`."""
     with _lock:
-        _instances.discard(instance)
+        _workers.add(worker)
+
+
+def release(worker: Drainable) -> None:
+    with _lock:
+        _workers.discard(worker)
 
 
 def drain_at_exit() -> int:
@@ -70,21 +85,26 @@ def drain_at_exit() -> int:
 
     Returns the number of events that could not be delivered (also logged as one WARNING).
     """
-    instances = list(_instances)
+    with _lock:
+        instances = list(_instances)
+        workers = list(_workers)
     undelivered = 0
     try:
-        if not instances:
+        if not workers:
+            for instance in instances:
+                instance._begin_shutdown(time.monotonic())  # nothing to send: just close
             return 0
-        budget = max(instance.shutdown_timeout for instance in instances)
-        deadline = time.monotonic() + budget
+        deadline = time.monotonic() + max(worker.shutdown_timeout for worker in workers)
         for instance in instances:
-            instance._begin_shutdown(deadline)
-        for instance in instances:
-            instance._finish_shutdown(deadline)
-        undelivered = sum(instance._undelivered() for instance in instances)
+            instance._begin_shutdown(deadline)  # refuse new events, start their drain
+        for worker in workers:
+            worker.begin_stop(deadline)  # and the drain of workers whose client is gone
+        for worker in workers:
+            worker.wait_stopped(deadline)
+        undelivered = sum(worker.totals()[1] for worker in workers)
     except BaseException:  # noqa: B036 - SystemExit from a signal must not lose the count
         try:
-            undelivered = sum(instance._undelivered() for instance in instances)
+            undelivered = sum(worker.totals()[1] for worker in workers)
         except BaseException:  # noqa: B036
             undelivered = -1
     if undelivered:
@@ -128,6 +148,9 @@ def install_sigterm_handler() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    _workers.clear()  # the parent's workers and their events stay with the parent
     for instance in list(_instances):
         try:
             instance._after_fork_in_child()

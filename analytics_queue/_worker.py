@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
+from analytics_queue import _lifecycle
 from analytics_queue.errors import RefusedError
 from analytics_queue.event import EventEncoder, QueuedEvent
 from analytics_queue.metrics import Counters, ErrorRecord
@@ -91,6 +92,7 @@ class Worker:
         requeue_limit: after a retryable failure, this many events of the batch go again
             (None: all of them).
         timeout: seconds for one HTTP attempt.
+        shutdown_timeout: this worker's share of the exit budget, seconds.
         retry_policy: the backoff between failed attempts.
         rng: the random source for backoff jitter.
         clock: wall-clock seconds (``time.time``): the clock of ``tracked_at``.
@@ -108,6 +110,7 @@ class Worker:
         flush_interval: float,
         requeue_limit: int | None,
         timeout: float,
+        shutdown_timeout: float = 5.0,
         retry_policy: RetryPolicy | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
@@ -121,12 +124,16 @@ class Worker:
         self._flush_interval = flush_interval
         self._requeue_limit = requeue_limit
         self._timeout = timeout
+        self.shutdown_timeout = shutdown_timeout
         self._policy = retry_policy or RetryPolicy()
         self._rng = rng or random.Random()
         self._clock = clock
         self._monotonic = monotonic
 
         self.wake = threading.Event()
+        # Set only by flush() and shutdown: what a worker waiting out a backoff listens to, so
+        # that track() calls during an outage do not wake it for nothing.
+        self._interrupt = threading.Event()
         self._cond = threading.Condition(threading.Lock())
         self._send_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -141,8 +148,11 @@ class Worker:
         self._stopping = False
         self._stop_deadline = 0.0
         self._failures = 0
+        self._flush_started_at = 0.0
+        self._cut_for = 0.0  # the flush whose backoff was last cut short
         self._not_before = 0.0
         self._retry_after_until = 0.0
+        self._settled = 0  # events of the current step already accounted; under _send_lock
 
     # -- state read from any thread ---------------------------------------------------------
 
@@ -179,6 +189,8 @@ class Worker:
         if self.started:
             return
         thread = threading.Thread(target=self._run, name=WORKER_NAME, daemon=True)
+        # Held by the exit drain while it may hold events, even if its client is collected.
+        _lifecycle.keep(self)
         try:
             thread.start()
         except RuntimeError as exc:
@@ -197,6 +209,7 @@ class Worker:
         with self._cond:
             self._stopping = True
             self._stop_deadline = deadline
+        self._interrupt.set()
         self.wake.set()
 
     def wait_stopped(self, deadline: float) -> bool:
@@ -220,7 +233,9 @@ class Worker:
             if self._low_water() >= target:
                 return True
             self._flush_waiters += 1
+            self._flush_started_at = self._monotonic()
         try:
+            self._interrupt.set()
             self.wake.set()
             if not self.alive:
                 return self._drain_on_caller(deadline, honour_retry_after=True, target=target)
@@ -267,20 +282,30 @@ class Worker:
                 finally:
                     self._send_lock.release()
                 if failed:
-                    pause.wait(min(DRAIN_PAUSE, max(0.0, deadline - self._monotonic())))
+                    now = self._monotonic()
+                    with self._cond:
+                        rest = self._not_before - now if honour_retry_after else DRAIN_PAUSE
+                    pause.wait(max(0.0, min(rest, deadline - now)))
 
     # -- the thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
         reentry.active = True  # this thread never tracks: our log lines cannot loop back
+        try:
+            self._loop()
+        finally:
+            _lifecycle.release(self)
+
+    def _loop(self) -> None:
         while True:
             try:
                 self.wake.clear()
-                wait = self._next_wait()
+                self._interrupt.clear()
+                wait, backing_off = self._next_wait()
                 if wait is None:
                     return
                 if wait > 0:
-                    self.wake.wait(wait)
+                    (self._interrupt if backing_off else self.wake).wait(wait)
                     continue
                 with self._send_lock:
                     deadline = self._stop_deadline if self._stopping else None
@@ -291,8 +316,8 @@ class Worker:
                 logger.exception("analytics worker: unexpected error; resting, then going on")
                 self.wake.wait(ERROR_PAUSE)
 
-    def _next_wait(self) -> float | None:
-        """0 to send now, seconds to wait, or None to end the thread."""
+    def _next_wait(self) -> tuple[float | None, bool]:
+        """(0 to send now, seconds to wait, or None to end the thread; backing off)."""
         now = self._monotonic()
         with self._cond, self._events.mutex:
             waiting = len(self._events.queue)
@@ -300,21 +325,27 @@ class Worker:
             if self._stopping:
                 if pending == 0 or now >= self._stop_deadline:
                     self._cond.notify_all()
-                    return None
-                return 0.0
+                    return None, False
+                return 0.0, False
             if pending == 0:
-                return self._flush_interval
+                return self._flush_interval, False
             if now < self._not_before:
-                if self._flush_waiters and now >= self._retry_after_until:
-                    return 0.0  # flush() cuts a backoff short, not a Retry-After
-                if self._flush_waiters:
-                    return self._retry_after_until - now
-                return self._not_before - now
+                # flush() cuts a backoff short once per call, never a Retry-After; a failure
+                # after that backs off again, so a dead server is not hammered.
+                cut = self._flush_waiters and self._cut_for < self._flush_started_at
+                if cut and now >= self._retry_after_until:
+                    self._cut_for = self._flush_started_at
+                    return 0.0, False
+                if cut:
+                    return self._retry_after_until - now, True
+                return self._not_before - now, True
             if self._flush_waiters or self._retry or pending >= self._batch_size:
-                return 0.0  # a retry is due as soon as its backoff is over
+                return 0.0, False  # a retry is due as soon as its backoff is over
             oldest = self._retry[0].tracked_at if self._retry else self._events.queue[0].tracked_at
         age = self._clock() - oldest
-        return max(0.0, self._flush_interval - age)
+        if age < 0:  # the wall clock stepped back: do not wait for it to catch up
+            return 0.0, False
+        return max(0.0, self._flush_interval - age), False
 
     # -- one step: take, serialize, send, account -------------------------------------------
 
@@ -351,19 +382,28 @@ class Worker:
                     logger.debug("analytics event not sent: %s", exc)
         for reason, count in refused.items():
             self._counters.fail(reason, count)
+            self._settled += count
         return encoded
 
     def _step(self, deadline: float | None) -> bool:
         """Send one request's worth; returns True when an attempt failed and should be retried."""
         retried, fresh, first_seq = self._take()
-        pendings = retried + self._encode(fresh, first_seq)
-        batch, overflow = _cut_by_bytes(pendings)
+        self._settled = 0
         failed = False
         try:
+            pendings = retried + self._encode(fresh, first_seq)
+            batch, overflow = _cut_by_bytes(pendings)
             if batch:
                 failed = self._deliver(batch, overflow, deadline)
-            elif overflow:
+            else:
                 self._put_back(overflow)
+        except Exception:
+            # A bug of ours (or of a logging filter): account what this step held, never
+            # leave it uncounted, and let the loop go on.
+            lost = len(retried) + len(fresh) - self._settled
+            self._counters.fail("internal_error", lost)
+            logger.exception("analytics worker: %d event(s) lost to an unexpected error", lost)
+            failed = True
         finally:
             with self._cond:
                 self._in_flight = 0
@@ -398,6 +438,7 @@ class Worker:
                     delivered=len(part),
                     delivery_seconds=sum(now - p.tracked_at for p in part),
                 )
+                self._settled += len(part)
                 self._succeeded()
                 continue
             self._counters.record_send(seconds=seconds, error=_error_record(result))
@@ -412,6 +453,7 @@ class Worker:
                 return True
             reason = "oversize" if status == 413 else f"rejected_{status}"
             self._counters.fail(reason, len(part))
+            self._settled += len(part)
             with _guarded():
                 logger.warning(
                     "PostHog refused %d event(s) (%s): %s", len(part), reason, result.error
@@ -422,30 +464,39 @@ class Worker:
 
     def _succeeded(self) -> None:
         with self._cond:
-            self._failures = 0
+            failures, self._failures = self._failures, 0
             self._not_before = 0.0
             self._retry_after_until = 0.0
+        if failures:
+            with _guarded():
+                logger.info("analytics delivery recovered after %d failed attempt(s)", failures)
 
     def _retry_later(self, part: list[_Pending], rest: list[_Pending], result: SendResult) -> None:
         limit = len(part) if self._requeue_limit is None else self._requeue_limit
         again, dropped = part[:limit], part[limit:]
         self._counters.fail("retry_limit", len(dropped))
+        self._settled += len(dropped)
         self._counters.record_retry(len(again))
         now = self._monotonic()
         with self._cond:
             self._failures += 1
-            delay = self._policy.delay(self._failures, result.retry_after, self._rng)
+            failures = self._failures
+            delay = self._policy.delay(failures, result.retry_after, self._rng)
             self._not_before = now + delay
             self._retry_after_until = now + (result.retry_after or 0.0)
+            stopping = self._stopping
         self._put_back(again + rest)
+        # One WARNING per outage, not one per attempt; the rest at DEBUG.
+        level = logging.WARNING if failures == 1 else logging.DEBUG
         with _guarded():
-            logger.warning(
-                "sending %d analytics event(s) failed (%s); %d will be retried in %.1f s, "
+            logger.log(
+                level,
+                "sending %d analytics event(s) failed (%s); %d will be retried %s, "
                 "%d dropped (requeue_limit)",
                 len(part),
                 result.error,
                 len(again),
-                delay,
+                "before exit" if stopping else f"in {delay:.1f} s",
                 len(dropped),
             )
 
@@ -453,6 +504,7 @@ class Worker:
         if pendings:
             with self._cond:
                 self._retry.extendleft(reversed(pendings))
+            self._settled += len(pendings)
 
 
 def _cut_by_bytes(pendings: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:

@@ -25,7 +25,6 @@ from analytics_queue._uwsgi import uwsgi_problems
 from analytics_queue._worker import Worker, _guarded, reentry
 from analytics_queue.config import Config, build_config
 from analytics_queue.errors import (
-    InvalidEventError,
     QueueFullError,
     RefusedError,
     ShutdownError,
@@ -36,6 +35,7 @@ from analytics_queue.event import (
     QueuedEvent,
     capture_properties,
     check_distinct_id,
+    check_event_name,
     check_timestamp,
     check_uuid,
 )
@@ -118,14 +118,15 @@ class AnalyticsQueue:
         }
         if requeue_limit is not _UNSET:
             options["requeue_limit"] = requeue_limit
-        self._config = build_config(**options)
+        with _guarded():  # a handler that tracks our own warnings must not loop back here
+            self._config = build_config(**options)
+            self._problems = uwsgi_problems()
         self._transport: Transport = transport or self._default_transport(self._config)
         self._retry_policy = retry_policy
         self._encoder = EventEncoder(self._config.app_version, self._config.environment)
         self._lock = threading.Lock()
         self._closed = False
         self._last_full_warning = 0.0
-        self._problems = uwsgi_problems()
         self._reset_process_state()
         _lifecycle.register(self)
 
@@ -138,7 +139,7 @@ class AnalyticsQueue:
     def _reset_process_state(self) -> None:
         """Everything that belongs to one process: queue, worker, counters, random source."""
         config = self._config
-        self._pid = os.getpid()
+        self._ready = False
         self._rng = random.Random()
         self._random_bits = self._rng.getrandbits
         self._queue: queue.Queue[QueuedEvent] = queue.Queue(config.max_queue_size)
@@ -153,13 +154,15 @@ class AnalyticsQueue:
             flush_interval=config.flush_interval,
             requeue_limit=config.requeue_limit,
             timeout=config.timeout,
+            shutdown_timeout=config.shutdown_timeout,
             retry_policy=self._retry_policy,
         )
         self._wake = self._worker.wake
         self._batch_size = config.batch_size
-        # track() takes its fast path only while this is True: a started worker in this
-        # process, not shut down, not disabled.
-        self._ready = False
+        # Last: a thread that sees this pid sees the new queue and worker. track() takes its
+        # fast path only while _ready is True: a started worker in this process, not shut
+        # down, not disabled.
+        self._pid = os.getpid()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -167,10 +170,6 @@ class AnalyticsQueue:
     def config(self) -> Config:
         """The options in force (the API key is not in its repr)."""
         return self._config
-
-    @property
-    def shutdown_timeout(self) -> float:
-        return self._config.shutdown_timeout
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -206,7 +205,7 @@ class AnalyticsQueue:
                 return self._refuse(refusal)
         try:
             if type(event) is not str or not event:
-                raise InvalidEventError(f"event name must be a non-empty str, got {event!r}")
+                event = check_event_name(event)
             if type(distinct_id) is not str or not distinct_id:
                 distinct_id = check_distinct_id(event, distinct_id)
             props, _ = capture_properties(event, properties)
@@ -215,7 +214,10 @@ class AnalyticsQueue:
         except RefusedError as refusal:
             return self._refuse(refusal)
         except Exception as exc:  # a Mapping whose items() raises, a hostile __eq__, ...
-            return self._refuse(UnserializableError(f"event {event!r}: {exc!r}"))
+            name = event if type(event) is str else type(event).__name__
+            return self._refuse(
+                UnserializableError(f"event {name!r}: {type(exc).__name__} while checking it")
+            )
         try:
             self._queue.put_nowait(
                 QueuedEvent(event, distinct_id, props, when, event_id, time.time())
@@ -273,8 +275,7 @@ class AnalyticsQueue:
         state (delivered or failed) within ``timeout`` seconds (default: the ``timeout``
         option). Sends on the calling thread when no worker runs in this process.
         """
-        if self._pid != os.getpid():
-            self._after_fork_in_child()
+        self._check_process()
         limit = self._config.timeout if timeout is None else max(0.0, timeout)
         return self._worker.flush(time.monotonic() + limit)
 
@@ -290,6 +291,7 @@ class AnalyticsQueue:
         return self._finish_shutdown(deadline)
 
     def _begin_shutdown(self, deadline: float) -> None:
+        self._check_process()
         with self._lock:
             self._closed = True
             self._ready = False
@@ -301,27 +303,39 @@ class AnalyticsQueue:
             self._transport.close()
         return done
 
-    def _undelivered(self) -> int:
-        return self.queue_size
-
     def _after_fork_in_child(self) -> None:
-        if self._pid == os.getpid():
+        """Give this process its own queue and worker; the parent keeps what it queued."""
+        pid = os.getpid()
+        if self._pid == pid:
             return
-        self._lock = threading.Lock()
-        reset = getattr(self._transport, "reset_after_fork", None)
-        if callable(reset):
-            reset()
-        self._reset_process_state()
+        # Several threads of the child may get here at once after a fork that skipped
+        # Python's hooks: one resets, the others wait for it. The lock is made per process
+        # (dict.setdefault is atomic), so one held at the fork cannot block the child.
+        with _fork_locks.setdefault(pid, threading.Lock()):
+            if self._pid == pid:
+                return
+            self._ready = False
+            self._lock = threading.Lock()
+            reset = getattr(self._transport, "reset_after_fork", None)
+            if callable(reset):
+                reset()
+            self._reset_process_state()
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork_in_child()
 
     # -- figures ----------------------------------------------------------------------------
 
     @property
     def queue_size(self) -> int:
         """Events not yet delivered or failed: waiting, in the retry line, and in flight."""
+        self._check_process()
         return self._worker.totals()[1]
 
     def metrics(self) -> Metrics:
         """A frozen snapshot of the delivery figures."""
+        self._check_process()
         queued, waiting = self._worker.totals()
         return self._counters.snapshot(
             queued=queued, queue_size=waiting, worker_alive=self._worker.alive
@@ -348,6 +362,8 @@ class _Disabled(RefusedError):
 class _Reentrant(RefusedError):
     reason = "reentrant"
 
+
+_fork_locks: dict[int, threading.Lock] = {}
 
 # Refusals that never raise, even in strict mode: disabling analytics is deliberate, and a
 # logging handler must never get an exception back from our own log line.

@@ -82,7 +82,8 @@ def _check_host(value: object) -> str:
     if not value:
         return DEFAULT_HOST
     if not value.startswith(("http://", "https://")):
-        raise ValueError(f"must start with http:// or https://, got {value!r}")
+        # The value is not echoed: a key pasted into the wrong variable must not reach a log.
+        raise ValueError("must start with http:// or https://")
     return determine_server_host(value).rstrip("/")
 
 

@@ -42,6 +42,11 @@ _UTC: Final = dt.timezone.utc
 _INFINITIES: Final = (math.inf, -math.inf)
 # Rough serialized overhead per value and per key, for the cheap size estimate in track().
 _VALUE_OVERHEAD: Final = 4
+# Above this estimate, track() measures the serialized size exactly (6: the worst expansion).
+_EXACT_SIZE_ABOVE: Final = MAX_EVENT_BYTES // 6
+_measure: Final = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
+).encode
 
 
 class QueuedEvent(NamedTuple):
@@ -90,7 +95,7 @@ def _convert(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
             raise _Refusal(parts, f"{value!r} cannot be sent as JSON", InvalidEventError)
         return float(value), _VALUE_OVERHEAD
     if isinstance(value, str):
-        return str(value), len(value) + _VALUE_OVERHEAD
+        return plain_str(value), len(value) + _VALUE_OVERHEAD
     if value is None:
         return None, _VALUE_OVERHEAD
     if isinstance(value, Mapping):
@@ -121,7 +126,8 @@ def _convert(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise _Refusal(parts, f"Decimal {value} cannot be sent as JSON", InvalidEventError)
-        return float(value), _VALUE_OVERHEAD + 16
+        text = str(value)  # exact: a float would round money and overflow past 1e308
+        return text, len(text) + _VALUE_OVERHEAD
     if isinstance(value, uuid_module.UUID):
         return str(value), 40
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -177,24 +183,55 @@ def capture_properties(
         raise refusal.error(f"event {event!r}: {_path(refusal.parts)}: {refusal.message}") from None
     except RecursionError:
         raise InvalidEventError(f"event {event!r}: properties nest too deeply") from None
-    if size > MAX_EVENT_BYTES:
-        raise OversizeError(
-            f"event {event!r}: properties take about {size} bytes, over the "
-            f"{MAX_EVENT_BYTES}-byte limit of one event"
-        )
+    if size > _EXACT_SIZE_ABOVE:
+        # The estimate counts characters: UTF-8 and JSON escapes can make the real size up to
+        # six times larger, and small numbers smaller. Rare big events are measured exactly.
+        size = _serialized_size(event, out)
+        if size > MAX_EVENT_BYTES:
+            raise OversizeError(
+                f"event {event!r}: properties take {size} bytes serialized, over the "
+                f"{MAX_EVENT_BYTES}-byte limit of one event"
+            )
     return out, size
+
+
+def _serialized_size(event: str, properties: dict[str, Any]) -> int:
+    try:
+        return len(_measure(properties).encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidEventError(
+            f"event {event!r}: a string is not valid Unicode (lone surrogate)"
+        ) from None
+
+
+def plain_str(value: str) -> str:
+    """A str subclass (an Enum mixin, a markup string) as a plain str of the same text."""
+    if type(value) is str:
+        return value
+    if isinstance(value, enum.Enum) and isinstance(value.value, str):
+        return value.value
+    return str.__str__(value)
+
+
+def check_event_name(event: object) -> str:
+    """Return the event name as a plain non-empty str (a str Enum gives its value)."""
+    if isinstance(event, str) and event:
+        return plain_str(event)
+    kind = type(event).__name__
+    shown = repr(event) if isinstance(event, (str, type(None), int, float)) else f"a {kind}"
+    raise InvalidEventError(f"event name must be a non-empty str, got {shown}")
 
 
 def check_distinct_id(event: str, distinct_id: object) -> str:
     """Return the distinct id as a non-empty str (int and UUID are stringified)."""
-    if type(distinct_id) is str and distinct_id:
-        return distinct_id
-    if isinstance(distinct_id, (int, uuid_module.UUID)) and not isinstance(distinct_id, bool):
-        return str(distinct_id)
     if isinstance(distinct_id, str) and distinct_id:
-        return str(distinct_id)
+        return plain_str(distinct_id)
+    if isinstance(distinct_id, (int, uuid_module.UUID)) and not isinstance(distinct_id, bool):
+        return str(int(distinct_id)) if isinstance(distinct_id, int) else str(distinct_id)
+    kind = type(distinct_id).__name__
+    shown = repr(distinct_id) if isinstance(distinct_id, (str, type(None), float)) else f"a {kind}"
     raise InvalidEventError(
-        f"event {event!r}: distinct_id must be a non-empty str, int or UUID, got {distinct_id!r}"
+        f"event {event!r}: distinct_id must be a non-empty str, int or UUID, got {shown}"
     )
 
 

@@ -138,16 +138,17 @@ class PostHogTransport:
         with response:
             if 200 <= response.status_code < 300:
                 return SendResult(True, response.status_code)
-            message = response.text[:_MAX_MESSAGE].strip()
+            message = self._scrub(response.text).strip()
             return SendResult(
                 False,
                 response.status_code,
                 parse_retry_after(response.headers.get("Retry-After")),
-                self._scrub(f"{response.status_code} {message}".strip()),
+                f"{response.status_code} {message}".strip()[:_MAX_MESSAGE],
             )
 
     def _scrub(self, message: str) -> str:
-        return message.replace(self._api_key, "[api key]")[:_MAX_MESSAGE]
+        # Replace the whole key before any cut, so that no piece of it survives a truncation.
+        return message.replace(self._api_key, "[api key]")[: _MAX_MESSAGE * 4]
 
     def close(self) -> None:
         self._session.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import math
@@ -496,3 +497,66 @@ def test_a_transport_that_raises_neither_kills_the_worker_nor_loses_events() -> 
         assert "RuntimeError" in metrics.last_error["message"]
     finally:
         queue.shutdown(timeout=2)
+
+
+def test_flush_does_not_hammer_a_failing_server(
+    make_queue: MakeQueue, capture_server: CaptureServer
+) -> None:
+    capture_server.fail_with(503)
+    queue = make_queue(retry_policy=RetryPolicy(base=1.0, cap=1.0, jitter=False))
+    queue.track("e", distinct_id="u")
+    assert queue.flush(timeout=1.5) is False
+    # One attempt, then the backoff of the failure that happened during this flush (1 s).
+    assert len(capture_server.requests) <= 3
+
+
+def test_event_names_and_ids_may_be_str_enums(
+    make_queue: MakeQueue, capture_server: CaptureServer
+) -> None:
+    class Event(str, enum.Enum):
+        SIGNUP = "signup"
+
+    queue = make_queue()
+    assert queue.track(Event.SIGNUP, distinct_id=Event.SIGNUP, properties={"kind": Event.SIGNUP})
+    assert queue.flush(timeout=10)
+    (event,) = capture_server.events()
+    assert (event.event, event.distinct_id, event.properties["kind"]) == ("signup",) * 3
+
+
+def test_a_hostile_object_never_makes_track_raise(make_queue: MakeQueue) -> None:
+    class Hostile:
+        def __repr__(self) -> str:
+            raise RuntimeError("repr exploded")
+
+        def __str__(self) -> str:
+            raise RuntimeError("str exploded")
+
+    queue = make_queue()
+    assert queue.track(Hostile(), distinct_id="u") is False  # type: ignore[arg-type]
+    assert queue.track("e", distinct_id=Hostile()) is False
+    assert queue.track("e", distinct_id="u", properties={"h": Hostile()}) is False
+    assert queue.metrics().refused_by_reason == {"invalid": 3}
+
+
+def test_the_size_limit_is_measured_in_serialized_bytes(make_queue: MakeQueue) -> None:
+    queue = make_queue(strict=True)
+    # Few characters, many bytes: 4 bytes of UTF-8 each, or 6 once escaped.
+    with pytest.raises(OversizeError):
+        queue.track("e", distinct_id="u", properties={"s": "\U0001f600" * 300_000})
+    with pytest.raises(OversizeError):
+        queue.track("e", distinct_id="u", properties={"s": "\x01" * 200_000})
+    # Many values, few bytes: 500 KB serialized is under the limit.
+    assert queue.track("e", distinct_id="u", properties={"ids": [1] * 250_000})
+
+
+def test_no_piece_of_the_key_survives_a_truncated_error_message(
+    make_queue: MakeQueue, capture_server: CaptureServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture_server.fail_with(401, body="x" * 285 + f" token={KEY} " + "y" * 100)
+    queue = make_queue()
+    with caplog.at_level(logging.DEBUG, logger="analytics_queue"):
+        queue.track("e", distinct_id="u")
+        assert queue.flush(timeout=10)
+    text = json.dumps(queue.metrics().to_dict()) + caplog.text
+    assert queue.metrics().last_error is not None
+    assert KEY[:8] not in text

@@ -189,3 +189,46 @@ def test_without_the_handler_sigterm_loses_the_queue(capture_server: CaptureServ
     result, _ = run_script(code, capture_server)
     assert result.returncode == -signal.SIGTERM
     assert capture_server.events("sigterm") == []
+
+
+def test_events_of_a_garbage_collected_instance_are_still_delivered_at_exit(
+    capture_server: CaptureServer,
+) -> None:
+    code = """
+        import gc
+        from analytics_queue import AnalyticsQueue
+
+        def send_and_forget():
+            q = AnalyticsQueue(flush_interval=60)
+            for i in range(5):
+                q.track("forgotten", distinct_id="u", properties={"i": i})
+
+        send_and_forget()
+        gc.collect()
+        print("ready", flush=True)
+    """
+    result, _ = run_script(code, capture_server)
+    assert result.returncode == 0, result.stderr
+    assert len(capture_server.events("forgotten")) == 5
+
+
+def test_a_logging_handler_that_tracks_cannot_deadlock_the_default_instance(
+    capture_server: CaptureServer,
+) -> None:
+    # The default instance logs a bad environment value while it is being built; a handler
+    # that tracks every warning must not wait for that construction forever.
+    code = """
+        import logging
+        import analytics_queue
+
+        class Tracking(logging.Handler):
+            def emit(self, record):
+                analytics_queue.track("log_line", distinct_id="logger")
+
+        logging.getLogger().addHandler(Tracking())
+        assert analytics_queue.track("real", distinct_id="u")
+        print("ready", flush=True)
+    """
+    result, elapsed = run_script(code, capture_server, ANALYTICS_QUEUE_BATCH_SIZE="ten")
+    assert result.returncode == 0, result.stderr
+    assert [e.event for e in capture_server.events()] == ["real"]

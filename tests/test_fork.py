@@ -89,9 +89,9 @@ def test_a_fork_that_skips_pythons_hooks_is_caught_by_the_pid_check(
     # the process id changes but no after-fork hook ran.
     real_pid = os.getpid()
     monkeypatch.setattr(os, "getpid", lambda: real_pid + 100_000)
-    assert queue.queue_size == 1  # read before any track(): still the "parent" view
+    assert queue.queue_size == 0  # the "child" never sees the parent's queue
     assert queue.track("after_fake_fork", distinct_id="child")
-    assert queue.queue_size == 1  # reset: only the new event
+    assert queue.queue_size == 1
     assert queue.flush(timeout=5)
     assert [e.event for e in capture_server.events()] == ["after_fake_fork"]
 
