@@ -42,8 +42,10 @@ WORKER_NAME: Final = "analytics-queue-worker"
 MAX_BATCH_EVENTS: Final = 500
 #: ... and at most this many bytes before compression (PostHog accepts 20 MiB).
 MAX_BATCH_BYTES: Final = 1024 * 1024
-#: Events serialized between two GIL hand-offs (a few hundred microseconds of work).
-ENCODE_CHUNK: Final = 32
+#: Seconds of serializing between two GIL hand-offs: a request thread that wants the GIL waits
+#: at most about this long for the worker, instead of the interpreter's 5 ms switch interval.
+#: (A hand-off is a zero sleep, which itself costs tens of microseconds: not after every event.)
+HANDOFF_INTERVAL: Final = 0.0003
 #: The pause between failed attempts while shutting down or draining on a caller's thread,
 #: where backoff is cut short but a dead server must not turn the loop into a busy spin.
 DRAIN_PAUSE: Final = 0.1
@@ -74,8 +76,8 @@ class _Pending:
 
 
 def _hand_off_gil() -> None:
-    # A zero sleep releases the GIL; a thread waiting for it takes it instead of waiting out
-    # the interpreter's 5 ms switch interval.
+    # A zero sleep releases the GIL long enough for a waiting thread to take it, instead of
+    # that thread waiting out the interpreter's 5 ms switch interval.
     time.sleep(0)
 
 
@@ -371,15 +373,17 @@ class Worker:
         encoded: list[_Pending] = []
         encode = self._encoder.encode
         refused: dict[str, int] = {}
-        for start in range(0, len(fresh), ENCODE_CHUNK):
-            if start:
+        clock = time.perf_counter
+        handoff_at = clock() + HANDOFF_INTERVAL
+        for offset, item in enumerate(fresh):
+            if clock() >= handoff_at:
                 _hand_off_gil()
-            for offset, item in enumerate(fresh[start : start + ENCODE_CHUNK], start):
-                try:
-                    encoded.append(_Pending(first_seq + offset, encode(item), item.tracked_at))
-                except RefusedError as exc:
-                    refused[exc.reason] = refused.get(exc.reason, 0) + 1
-                    logger.debug("analytics event not sent: %s", exc)
+                handoff_at = clock() + HANDOFF_INTERVAL
+            try:
+                encoded.append(_Pending(first_seq + offset, encode(item), item.tracked_at))
+            except RefusedError as exc:
+                refused[exc.reason] = refused.get(exc.reason, 0) + 1
+                logger.debug("analytics event not sent: %s", exc)
         for reason, count in refused.items():
             self._counters.fail(reason, count)
             self._settled += count

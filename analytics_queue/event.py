@@ -22,6 +22,7 @@ import math
 import uuid as uuid_module
 from collections.abc import Mapping
 from decimal import Decimal
+from json.encoder import encode_basestring
 from typing import Any, Final, NamedTuple
 
 from analytics_queue._version import __version__
@@ -279,9 +280,24 @@ def format_uuid4(bits: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_second_cache: list[Any] = [None, ""]
+
+
 def isoformat(epoch: float) -> str:
-    """UTC ISO-8601 with microseconds, as PostHog's SDK writes it."""
-    return dt.datetime.fromtimestamp(epoch, _UTC).isoformat(timespec="microseconds")
+    """UTC ISO-8601 with microseconds, as PostHog's SDK writes it.
+
+    The date and time up to the second are formatted once per second and reused: the worker
+    formats two stamps per event, mostly within the same second.
+    """
+    second = math.floor(epoch)
+    micro = round((epoch - second) * 1_000_000)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    cached_second, prefix = _second_cache
+    if cached_second != second:
+        prefix = dt.datetime.fromtimestamp(second, _UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache[:] = (second, prefix)  # one list, swapped whole: safe to share
+    return f"{prefix}.{micro:06d}+00:00"
 
 
 class EventEncoder:
@@ -294,7 +310,7 @@ class EventEncoder:
     Immutable after construction; safe to share between threads.
     """
 
-    __slots__ = ("_dumps", "_static")
+    __slots__ = ("_dumps", "_static", "_static_json", "_static_keys")
 
     def __init__(self, app_version: str | None = None, environment: str | None = None) -> None:
         static: dict[str, Any] = {"$lib": LIB_NAME, "$lib_version": __version__}
@@ -303,9 +319,12 @@ class EventEncoder:
         if environment is not None:
             static["environment"] = environment
         self._static = static
+        self._static_keys = frozenset(static) | {"queued_at"}
         self._dumps = json.JSONEncoder(
             ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
         ).encode
+        # The enrichment as JSON members, written once: '"$lib":"analytics_queue",...'.
+        self._static_json = self._dumps(static)[1:-1]
 
     def uuid_of(self, item: QueuedEvent) -> str:
         """The event's uuid as sent on the wire."""
@@ -319,18 +338,26 @@ class EventEncoder:
             OversizeError: the element is over :data:`MAX_EVENT_BYTES`.
         """
         queued_at = isoformat(item.tracked_at)
-        properties = {**self._static, "queued_at": queued_at, **item.properties}
-        body = {
-            "event": item.event,
-            "distinct_id": item.distinct_id,
-            "properties": properties,
-            "timestamp": queued_at
+        timestamp = (
+            queued_at
             if item.timestamp is None
-            else item.timestamp.isoformat(timespec="microseconds"),
-            "uuid": self.uuid_of(item),
-        }
+            else item.timestamp.isoformat(timespec="microseconds")
+        )
         try:
-            data = self._dumps(body).encode("utf-8")
+            props = item.properties
+            if self._static_keys.isdisjoint(props):
+                members = f'{self._static_json},"queued_at":"{queued_at}"'
+                if props:
+                    members += "," + self._dumps(props)[1:-1]
+            else:  # the caller set an enrichment key: theirs wins, with no duplicate key
+                members = self._dumps({**self._static, "queued_at": queued_at, **props})[1:-1]
+            text = (
+                f'{{"event":{encode_basestring(item.event)},'
+                f'"distinct_id":{encode_basestring(item.distinct_id)},'
+                f'"properties":{{{members}}},'
+                f'"timestamp":"{timestamp}","uuid":"{self.uuid_of(item)}"}}'
+            )
+            data = text.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidEventError(
                 f"event {item.event!r}: a string is not valid Unicode (lone surrogate)"

@@ -25,6 +25,7 @@ from analytics_queue.event import (
     check_timestamp,
     check_uuid,
     format_uuid4,
+    isoformat,
 )
 
 
@@ -196,3 +197,9 @@ def test_distinct_id_timestamp_and_uuid_checks() -> None:
     assert check_uuid("e", str(ident).upper()) == str(ident)
     with pytest.raises(InvalidEventError, match="uuid"):
         check_uuid("e", "not-a-uuid")
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_the_cached_isoformat_matches_datetimes_own(epoch: float) -> None:
+    expected = dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="microseconds")
+    assert isoformat(epoch) == expected
