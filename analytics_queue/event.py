@@ -110,7 +110,7 @@ def _convert(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
                     UnserializableError,
                 )
             converted, n = _convert(item, (*parts, key))
-            out[str(key)] = converted
+            out[plain_str(key)] = converted
             size += n + len(key) + _VALUE_OVERHEAD
         return out, size
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -166,7 +166,7 @@ def capture_properties(
                         f"key of type {type(key).__name__} (keys must be str)",
                         UnserializableError,
                     )
-                key = str(key)
+                key = plain_str(key)
             kind = type(value)
             if kind is str:
                 size += len(value) + len(key) + _VALUE_OVERHEAD
