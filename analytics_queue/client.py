@@ -208,7 +208,7 @@ class AnalyticsQueue:
                 event = check_event_name(event)
             if type(distinct_id) is not str or not distinct_id:
                 distinct_id = check_distinct_id(event, distinct_id)
-            props, _ = capture_properties(event, properties)
+            props = capture_properties(event, properties)
             when = None if timestamp is None else check_timestamp(event, timestamp)
             event_id = self._random_bits(128) if uuid is None else check_uuid(event, uuid)
         except RefusedError as refusal:

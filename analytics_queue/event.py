@@ -141,16 +141,14 @@ def _convert(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
     )
 
 
-def capture_properties(
-    event: str, properties: Mapping[str, Any] | None
-) -> tuple[dict[str, Any], int]:
-    """Copy and check ``properties`` for one event; returns the copy and its size estimate.
+def capture_properties(event: str, properties: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Copy and check ``properties`` for one event; returns the copy.
 
     Raises:
         RefusedError: a subclass naming the event and the property path of the bad value.
     """
     if properties is None:
-        return {}, 0
+        return {}
     if not isinstance(properties, Mapping):
         raise UnserializableError(
             f"event {event!r}: properties must be a mapping, got {type(properties).__name__}"
@@ -193,7 +191,7 @@ def capture_properties(
                 f"event {event!r}: properties take {size} bytes serialized, over the "
                 f"{MAX_EVENT_BYTES}-byte limit of one event"
             )
-    return out, size
+    return out
 
 
 def _serialized_size(event: str, properties: dict[str, Any]) -> int:

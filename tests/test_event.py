@@ -41,7 +41,7 @@ class Point:
 
 def test_properties_are_copied_deeply() -> None:
     nested = {"a": [1, {"b": 2}], "c": {"d": [3]}}
-    copy, _ = capture_properties("e", nested)
+    copy = capture_properties("e", nested)
     nested["a"][1]["b"] = 99  # type: ignore[index]
     nested["c"]["d"].append(4)  # type: ignore[index]
     nested["new"] = 1
@@ -51,7 +51,7 @@ def test_properties_are_copied_deeply() -> None:
 def test_values_json_cannot_carry_are_converted() -> None:
     when = dt.datetime(2026, 11, 29, 2, 44, 48, tzinfo=dt.timezone.utc)
     ident = uuid.UUID("7724780a-220e-43c8-9314-5e9043a3d2d6")
-    props, _ = capture_properties(
+    props = capture_properties(
         "e",
         {
             "when": when,
@@ -170,7 +170,7 @@ json_values = st.recursive(
 
 @given(st.dictionaries(st.text(), json_values, max_size=8))
 def test_any_json_properties_survive_capture_and_encoding(properties: dict[str, Any]) -> None:
-    copy, _ = capture_properties("e", properties)
+    copy = capture_properties("e", properties)
     assert copy == properties
     try:
         data = EventEncoder().encode(QueuedEvent("e", "u", copy, None, 1, 0.0))
