@@ -20,9 +20,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from analytics_queue._guard import inside
 from analytics_queue._lifecycle import install_sigterm_handler
 from analytics_queue._version import __version__
-from analytics_queue._worker import reentry
 from analytics_queue.client import AnalyticsQueue
 from analytics_queue.config import Config
 from analytics_queue.errors import (
@@ -115,7 +115,7 @@ def track(
     uuid: Any = None,
 ) -> bool:
     """``track()`` on the default instance."""
-    if reentry.active:  # a logging handler fed by our own log lines, maybe mid-construction
+    if inside.active:  # re-entered inside the library on this thread (a logging handler, ...)
         return False
     return get_default().track(
         event, distinct_id=distinct_id, properties=properties, timestamp=timestamp, uuid=uuid

@@ -26,7 +26,10 @@ import threading
 import time
 import weakref
 from types import FrameType
-from typing import Protocol
+from typing import Final, Protocol
+
+from analytics_queue._guard import guarded, run_outside
+from analytics_queue._ledger import Totals
 
 logger = logging.getLogger("analytics_queue")
 
@@ -36,31 +39,46 @@ class Lifecycle(Protocol):
 
     def _begin_shutdown(self, deadline: float) -> None: ...
 
+    def _finish_shutdown(self, deadline: float) -> bool: ...
+
     def _after_fork_in_child(self) -> None: ...
+
+    @property
+    def pid(self) -> int: ...
 
 
 class Drainable(Protocol):
     """What the exit drain needs of a worker."""
 
     shutdown_timeout: float
+    pid: int
 
     def begin_stop(self, deadline: float) -> None: ...
 
     def wait_stopped(self, deadline: float) -> bool: ...
 
-    def totals(self) -> tuple[int, int]: ...
+    def totals(self) -> Totals: ...
 
 
 _instances: weakref.WeakSet[Lifecycle] = weakref.WeakSet()
 _workers: set[Drainable] = set()
 _lock = threading.Lock()
+_lock_pid = os.getpid()
 _hooks_installed = False
+
+
+def _registry_lock() -> threading.Lock:
+    """The registry's lock; a new one in a child forked without Python's hooks."""
+    global _lock, _lock_pid
+    if _lock_pid != os.getpid():
+        _lock, _lock_pid = threading.Lock(), os.getpid()  # another thread held it at the fork
+    return _lock
 
 
 def register(instance: Lifecycle) -> None:
     """Include ``instance`` in the exit drain and the fork reset."""
     global _hooks_installed
-    with _lock:
+    with _registry_lock():
         _instances.add(instance)
         if not _hooks_installed:
             atexit.register(drain_at_exit)
@@ -71,40 +89,49 @@ def register(instance: Lifecycle) -> None:
 
 def keep(worker: Drainable) -> None:
     """Hold ``worker`` for the exit drain until :func:`release`."""
-    with _lock:
+    with _registry_lock():
         _workers.add(worker)
 
 
 def release(worker: Drainable) -> None:
-    with _lock:
+    """Stop holding ``worker`` (its thread ended)."""
+    with _registry_lock():
         _workers.discard(worker)
 
 
 def drain_at_exit() -> int:
-    """Send what every instance still holds within the shared budget.
+    """Send what every instance of this process still holds within the shared budget.
+
+    Instances and workers of another process (the parent, after a fork that skipped Python's
+    hooks) are left alone: a child that never tracked returns at once.
 
     Returns the number of events that could not be delivered (also logged as one WARNING).
     """
-    with _lock:
-        instances = list(_instances)
-        workers = list(_workers)
+    pid = os.getpid()
+    with guarded():
+        with _registry_lock():
+            instances = [i for i in _instances if i.pid == pid]
+            workers = [w for w in _workers if w.pid == pid]
     undelivered = 0
     try:
-        if not workers:
+        with guarded():
+            if not workers:
+                for instance in instances:
+                    instance._begin_shutdown(time.monotonic())  # nothing to send: just close
+                return 0
+            deadline = time.monotonic() + max(worker.shutdown_timeout for worker in workers)
             for instance in instances:
-                instance._begin_shutdown(time.monotonic())  # nothing to send: just close
-            return 0
-        deadline = time.monotonic() + max(worker.shutdown_timeout for worker in workers)
-        for instance in instances:
-            instance._begin_shutdown(deadline)  # refuse new events, start their drain
-        for worker in workers:
-            worker.begin_stop(deadline)  # and the drain of workers whose client is gone
-        for worker in workers:
-            worker.wait_stopped(deadline)
-        undelivered = sum(worker.totals()[1] for worker in workers)
+                instance._begin_shutdown(deadline)  # refuse new events, start their drain
+            for worker in workers:
+                worker.begin_stop(deadline)  # and the drain of workers whose client is gone
+            for worker in workers:
+                worker.wait_stopped(deadline)
+            for instance in instances:
+                instance._finish_shutdown(deadline)  # closes its connections
+            undelivered = sum(worker.totals().unfinished for worker in workers)
     except BaseException:  # noqa: B036 - SystemExit from a signal must not lose the count
         try:
-            undelivered = sum(worker.totals()[1] for worker in workers)
+            undelivered = sum(worker.totals().unfinished for worker in workers)
         except BaseException:  # noqa: B036
             undelivered = -1
     if undelivered:
@@ -118,38 +145,46 @@ def drain_at_exit() -> int:
     return undelivered
 
 
+#: The exit status after the opt-in SIGTERM handler: 128 + 15, as shells and container
+#: runtimes report a process ended by SIGTERM.
+SIGTERM_EXIT_STATUS: Final = 128 + signal.SIGTERM
+
+
 def install_sigterm_handler() -> None:
-    """Opt in: drain the queues on SIGTERM, then let the previous SIGTERM handler act.
+    """Opt in: on SIGTERM, exit normally so that the exit drain sends what is queued.
 
     For servers that install no SIGTERM handler of their own (waitress, a plain
     ``python app.py``), where SIGTERM (``docker stop``, Kubernetes) ends the process without
-    running atexit. The previous handler is chained: a callable is called after the drain,
-    ``SIG_IGN`` stays ignored, and the default action still ends the process by the signal.
-    Call it from the main thread (Python's rule for signal handlers); calling it twice installs
-    it once.
+    running atexit. The handler itself takes no lock and sends nothing: it raises
+    ``SystemExit(143)`` (deferred while the main thread is inside analytics_queue's critical
+    sections, so that no lock is left held), the stack unwinds, and the exit drain runs with
+    its usual budget; the process then exits with status 143. A previous Python handler is
+    called first; when it ends the process itself, its way wins. ``SIG_IGN`` stays ignored.
+    Call it from the main thread (Python's rule for signal handlers); calling it twice
+    installs it once.
 
     Raises:
         ValueError: when called from another thread than the main one.
     """
     previous = signal.getsignal(signal.SIGTERM)
-    if getattr(previous, "_analytics_queue_handler", False):
+    if getattr(previous, "_analytics_queue_handler", False) or previous == signal.SIG_IGN:
         return
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        drain_at_exit()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+        def leave() -> None:
+            if callable(previous):
+                previous(signum, frame)
+            raise SystemExit(SIGTERM_EXIT_STATUS)
+
+        run_outside(leave)
 
     on_sigterm._analytics_queue_handler = True  # type: ignore[attr-defined]
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()  # another thread may have held it at the fork
+    global _lock, _lock_pid
+    _lock, _lock_pid = threading.Lock(), os.getpid()  # another thread may have held it
     _workers.clear()  # the parent's workers and their events stay with the parent
     for instance in list(_instances):
         try:

@@ -21,8 +21,10 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from analytics_queue import _lifecycle
+from analytics_queue._buffer import BufferClosed, EventBuffer
+from analytics_queue._guard import deferred, guarded, inside, run_deferred
 from analytics_queue._uwsgi import uwsgi_problems
-from analytics_queue._worker import Worker, _guarded, reentry
+from analytics_queue._worker import Worker
 from analytics_queue.config import Config, build_config
 from analytics_queue.errors import (
     QueueFullError,
@@ -41,7 +43,7 @@ from analytics_queue.event import (
 )
 from analytics_queue.metrics import Counters, Health, Metrics, evaluate_health
 from analytics_queue.retry import RetryPolicy
-from analytics_queue.transport import LocalTransport, PostHogTransport, Transport
+from analytics_queue.transport import ForkAware, LocalTransport, PostHogTransport, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ class AnalyticsQueue:
         }
         if requeue_limit is not _UNSET:
             options["requeue_limit"] = requeue_limit
-        with _guarded():  # a handler that tracks our own warnings must not loop back here
+        with guarded():  # a handler that tracks our own warnings must not loop back here
             self._config = build_config(**options)
             self._problems = uwsgi_problems()
         self._transport: Transport = transport or self._default_transport(self._config)
@@ -137,16 +139,16 @@ class AnalyticsQueue:
         return PostHogTransport(config.api_key, config.host, gzip=config.gzip)
 
     def _reset_process_state(self) -> None:
-        """Everything that belongs to one process: queue, worker, counters, random source."""
+        """Everything that belongs to one process: buffer, worker, counters, random source."""
         config = self._config
         self._ready = False
         self._rng = random.Random()
         self._random_bits = self._rng.getrandbits
-        self._queue: queue.Queue[QueuedEvent] = queue.Queue(config.max_queue_size)
-        self._backlog = self._queue.queue
+        self._buffer = EventBuffer(config.max_queue_size, wake_at=config.batch_size)
         self._counters = Counters()
+        self._reentrant_refusals = 0
         self._worker = Worker(
-            self._queue,
+            self._buffer,
             self._transport,
             self._encoder,
             self._counters,
@@ -157,12 +159,15 @@ class AnalyticsQueue:
             shutdown_timeout=config.shutdown_timeout,
             retry_policy=self._retry_policy,
         )
-        self._wake = self._worker.wake
-        self._batch_size = config.batch_size
-        # Last: a thread that sees this pid sees the new queue and worker. track() takes its
+        # Last: a thread that sees this pid sees the new buffer and worker. track() takes its
         # fast path only while _ready is True: a started worker in this process, not shut
         # down, not disabled.
         self._pid = os.getpid()
+
+    @property
+    def pid(self) -> int:
+        """The process whose buffer and worker this instance holds now."""
+        return self._pid
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -199,7 +204,7 @@ class AnalyticsQueue:
                 event (naming the event and the property path), a ``RuntimeError`` for a full
                 or shut down queue.
         """
-        if not self._ready or reentry.active or self._pid != os.getpid():
+        if not self._ready or inside.active or self._pid != os.getpid():
             refusal = self._prepare()
             if refusal is not None:
                 return self._refuse(refusal)
@@ -218,40 +223,52 @@ class AnalyticsQueue:
             return self._refuse(
                 UnserializableError(f"event {name!r}: {type(exc).__name__} while checking it")
             )
+        item = QueuedEvent(event, distinct_id, props, when, event_id, time.time())
+        # Inside the queue's mutex: a re-entrant track() on this thread refuses instead of
+        # waiting for it, and a signal that ends the process waits until it is released.
+        inside.active = True
         try:
-            self._queue.put_nowait(
-                QueuedEvent(event, distinct_id, props, when, event_id, time.time())
-            )
+            self._buffer.put_nowait(item)
         except queue.Full:
-            return self._refuse(
-                QueueFullError(
-                    f"event {event!r}: the queue holds {self._config.max_queue_size} events"
-                )
+            refused: RefusedError | None = QueueFullError(
+                f"event {event!r}: the queue holds {self._config.max_queue_size} events"
             )
-        if len(self._backlog) >= self._batch_size and not self._wake.is_set():
-            self._wake.set()
-        return True
+        except BufferClosed:
+            refused = ShutdownError("the analytics queue was shut down")
+        else:
+            refused = None
+        finally:
+            inside.active = False
+        if deferred:
+            run_deferred()
+        return True if refused is None else self._refuse(refused)
 
     def _prepare(self) -> RefusedError | None:
         """The slow path of track(): fork, first call, shutdown, disabled, re-entry."""
-        if reentry.active:
-            return _Reentrant("track() called from analytics_queue's own logging")
-        if self._pid != os.getpid():
-            self._after_fork_in_child()
-        if self._config.disabled:
-            return _Disabled("analytics is disabled")
-        if self._closed:
-            return ShutdownError("the analytics queue was shut down")
-        with self._lock:
-            if not self._ready and not self._closed:
-                self._worker.start()
-                self._ready = True
+        if inside.active:
+            return _Reentrant("track() re-entered inside analytics_queue on this thread")
+        with guarded():
+            if self._pid != os.getpid():
+                self._after_fork_in_child()
+            if self._config.disabled:
+                return _Disabled("analytics is disabled")
+            if self._closed:
+                return ShutdownError("the analytics queue was shut down")
+            with self._lock:
+                if not self._ready and not self._closed:
+                    self._worker.start()
+                    self._ready = True
         return None
 
     def _refuse(self, refusal: RefusedError) -> bool:
-        self._counters.refuse(refusal.reason)
-        if refusal.reason == "queue_full":
-            self._warn_queue_full()
+        if refusal.reason == "reentrant":
+            # The interrupted frame on this thread may hold the counters' lock: no lock here.
+            self._reentrant_refusals += 1
+            return False
+        with guarded():
+            self._counters.refuse(refusal.reason)
+            if refusal.reason == "queue_full":
+                self._warn_queue_full()
         if self._config.strict and refusal.reason not in _SILENT_REASONS:
             raise refusal
         return False
@@ -261,7 +278,7 @@ class AnalyticsQueue:
         if now - self._last_full_warning < QUEUE_FULL_WARNING_INTERVAL:
             return
         self._last_full_warning = now
-        with _guarded():
+        with guarded():
             logger.warning(
                 "analytics queue is full (%d events): new events are refused and counted as "
                 "queue_full; is PostHog reachable?",
@@ -292,16 +309,23 @@ class AnalyticsQueue:
 
     def _begin_shutdown(self, deadline: float) -> None:
         self._check_process()
-        with self._lock:
-            self._closed = True
-            self._ready = False
-        self._worker.begin_stop(deadline)
+        with guarded():
+            with self._lock:
+                self._closed = True
+                self._ready = False
+            self._worker.begin_stop(deadline)  # closes the buffer: admission ends here
 
     def _finish_shutdown(self, deadline: float) -> bool:
         done = self._worker.wait_stopped(deadline)
         if not self._worker.alive:
-            self._transport.close()
+            with guarded():
+                self._transport.close()
         return done
+
+    @property
+    def closed(self) -> bool:
+        """True once shutdown() began (or the exit drain): track() refuses from then on."""
+        return self._closed
 
     def _after_fork_in_child(self) -> None:
         """Give this process its own queue and worker; the parent keeps what it queued."""
@@ -316,14 +340,14 @@ class AnalyticsQueue:
                 return
             self._ready = False
             self._lock = threading.Lock()
-            reset = getattr(self._transport, "reset_after_fork", None)
-            if callable(reset):
-                reset()
+            if isinstance(self._transport, ForkAware):
+                self._transport.reset_after_fork()
             self._reset_process_state()
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():
-            self._after_fork_in_child()
+            with guarded():
+                self._after_fork_in_child()
 
     # -- figures ----------------------------------------------------------------------------
 
@@ -331,15 +355,19 @@ class AnalyticsQueue:
     def queue_size(self) -> int:
         """Events not yet delivered or failed: waiting, in the retry line, and in flight."""
         self._check_process()
-        return self._worker.totals()[1]
+        return self._worker.totals().unfinished
 
     def metrics(self) -> Metrics:
         """A frozen snapshot of the delivery figures."""
         self._check_process()
         queued, waiting = self._worker.totals()
-        return self._counters.snapshot(
-            queued=queued, queue_size=waiting, worker_alive=self._worker.alive
-        )
+        with guarded():
+            return self._counters.snapshot(
+                queued=queued,
+                queue_size=waiting,
+                worker_alive=self._worker.alive,
+                extra_refusals={"reentrant": self._reentrant_refusals},
+            )
 
     def health(self) -> Health:
         """healthy / degraded / critical, with the reasons, from a fresh snapshot."""

@@ -31,30 +31,55 @@ _UNSET: Final[Any] = object()
 
 
 @dataclass(frozen=True, slots=True)
-class Config:
-    """The options of one AnalyticsQueue, checked when built.
+class OptionSpec:
+    """One option, everything about it in one place.
 
-    ``api_key`` is kept out of ``repr()`` so that logging a Config never shows it.
+    Attributes:
+        name: the keyword of ``AnalyticsQueue(...)``.
+        default: the value when the option is given nowhere.
+        check: validates an explicit value and returns it normalised; raises ``ValueError``.
+        parse: turns an environment string into a value for ``check``.
+        env: the environment variables read, first found wins.
+        flask_key: the ``app.config`` key.
+        django_setting: where Django settings give it: a setting name, or a key of the
+            ``ANALYTICS_QUEUE`` dict (``ANALYTICS_QUEUE["batch_size"]``).
+        none_means: what an explicit None means, when None is a value; otherwise None means
+            "not given".
+        doc: one line for the docs and the configuration table.
     """
 
-    api_key: str | None = dataclasses.field(default=None, repr=False)
-    host: str = DEFAULT_HOST
-    batch_size: int = 10
-    flush_interval: float = 5.0
-    max_queue_size: int = 10_000
-    requeue_limit: int | None = 5
-    shutdown_timeout: float = 5.0
-    timeout: float = 10.0
-    gzip: bool = True
-    app_version: str | None = None
-    environment: str | None = None
-    strict: bool = False
-    disabled: bool = False
+    name: str
+    default: Any
+    check: Callable[[object], Any]
+    parse: Callable[[str], object]
+    env: tuple[str, ...]
+    flask_key: str
+    django_setting: str
+    none_means: str | None
+    doc: str
 
-    @property
-    def local(self) -> bool:
-        """True when there is no API key: events are logged, not sent."""
-        return self.api_key is None
+
+@dataclass(frozen=True, slots=True)
+class _Meta:
+    check: Callable[[object], Any]
+    parse: Callable[[str], object]
+    doc: str
+    none_means: str | None
+    posthog_name: bool
+
+
+def _option(
+    default: Any,
+    check: Callable[[object], Any],
+    parse: Callable[[str], object],
+    doc: str,
+    *,
+    none_means: str | None = None,
+    posthog_name: bool = False,
+    repr: bool = True,
+) -> Any:
+    meta = _Meta(check, parse, doc, none_means, posthog_name)
+    return dataclasses.field(default=default, repr=repr, metadata={"option": meta})
 
 
 def _check_api_key(value: object) -> str | None:
@@ -134,59 +159,142 @@ def _optional_str(value: object) -> str | None:
     return value or None
 
 
-_CHECKS: Final[dict[str, Callable[[object], Any]]] = {
-    "api_key": _check_api_key,
-    "host": _check_host,
-    "batch_size": _positive_int,
-    "flush_interval": _positive_seconds,
-    "max_queue_size": _positive_int,
-    "requeue_limit": _optional_non_negative_int,
-    "shutdown_timeout": _non_negative_seconds,
-    "timeout": _positive_seconds,
-    "gzip": _bool,
-    "app_version": _optional_str,
-    "environment": _optional_str,
-    "strict": _bool,
-    "disabled": _bool,
-}
-
-#: The options read from ``ANALYTICS_QUEUE_<OPTION>``: every option but api_key and host.
-OPTION_NAMES: Final[tuple[str, ...]] = tuple(n for n in _CHECKS if n not in ("api_key", "host"))
-
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 
-def _parse_env(name: str, text: str) -> object:
-    """Turn an environment string into the option's type; the check then validates it."""
-    default = getattr(Config(), name)
-    stripped = text.strip()
-    if name in ("api_key", "host", "app_version", "environment"):
-        return stripped
-    if isinstance(default, bool):
-        if stripped.lower() in _TRUE:
-            return True
-        if stripped.lower() in _FALSE:
-            return False
-        return text
-    if name == "requeue_limit" and stripped.lower() in ("", "none", "all"):
-        return None
+def _text(text: str) -> object:
+    return text.strip()
+
+
+def _int_text(text: str) -> object:
     try:
-        return (
-            int(stripped)
-            if isinstance(default, int) or name == "requeue_limit"
-            else float(stripped)
-        )
+        return int(text.strip())
     except ValueError:
         return text
 
 
-def _env_names(name: str) -> tuple[str, ...]:
-    if name == "api_key":
-        return ("POSTHOG_API_KEY", ENV_PREFIX + "API_KEY")
-    if name == "host":
-        return ("POSTHOG_HOST", ENV_PREFIX + "HOST")
-    return (ENV_PREFIX + name.upper(),)
+def _float_text(text: str) -> object:
+    try:
+        return float(text.strip())
+    except ValueError:
+        return text
+
+
+def _bool_text(text: str) -> object:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    return text
+
+
+def _limit_text(text: str) -> object:
+    return None if text.strip().lower() in ("", "none", "all") else _int_text(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The options of one AnalyticsQueue, checked when built: the one table of options.
+
+    Each field is an option: its type, default, check, environment variables and framework
+    keys are declared here and nowhere else (see :data:`OPTIONS`). ``api_key`` is kept out of
+    ``repr()`` so that logging a Config never shows it.
+    """
+
+    api_key: str | None = _option(
+        None,
+        _check_api_key,
+        _text,
+        "the PostHog project API key (phc_...); none: events are logged, not sent",
+        posthog_name=True,
+        repr=False,
+    )
+    host: str = _option(DEFAULT_HOST, _check_host, _text, "PostHog's base URL", posthog_name=True)
+    batch_size: int = _option(10, _positive_int, _int_text, "send once this many events wait")
+    flush_interval: float = _option(
+        5.0, _positive_seconds, _float_text, "seconds: a waiting event is sent at most this late"
+    )
+    max_queue_size: int = _option(
+        10_000, _positive_int, _int_text, "past this many waiting events track() refuses"
+    )
+    requeue_limit: int | None = _option(
+        5,
+        _optional_non_negative_int,
+        _limit_text,
+        "after a retryable failure, the first N events of the batch go again",
+        none_means="every event of the batch goes again",
+    )
+    shutdown_timeout: float = _option(
+        5.0, _non_negative_seconds, _float_text, "seconds: the exit budget"
+    )
+    timeout: float = _option(10.0, _positive_seconds, _float_text, "seconds: one HTTP attempt")
+    gzip: bool = _option(True, _bool, _bool_text, "compress request bodies")
+    app_version: str | None = _option(
+        None, _optional_str, _text, "added to every event as the app_version property"
+    )
+    environment: str | None = _option(
+        None, _optional_str, _text, "added to every event as the environment property"
+    )
+    strict: bool = _option(
+        False, _bool, _bool_text, "refusals raise from track() instead of returning False"
+    )
+    disabled: bool = _option(False, _bool, _bool_text, "track() is a no-op that returns False")
+
+    @property
+    def local(self) -> bool:
+        """True when there is no API key: events are logged, not sent."""
+        return self.api_key is None
+
+
+def _spec(field: dataclasses.Field[Any]) -> OptionSpec:
+    meta: _Meta = field.metadata["option"]
+    upper = field.name.upper()
+    env: tuple[str, ...]
+    if meta.posthog_name:
+        env = ("POSTHOG_" + upper, ENV_PREFIX + upper)
+        flask_key = django_setting = "POSTHOG_" + upper
+    else:
+        env = (ENV_PREFIX + upper,)
+        flask_key = ENV_PREFIX + upper
+        django_setting = f'ANALYTICS_QUEUE["{field.name}"]'
+    return OptionSpec(
+        name=field.name,
+        default=field.default,
+        check=meta.check,
+        parse=meta.parse,
+        env=env,
+        flask_key=flask_key,
+        django_setting=django_setting,
+        none_means=meta.none_means,
+        doc=meta.doc,
+    )
+
+
+#: Every option, in declaration order, derived from :class:`Config`'s fields.
+OPTIONS: Final[tuple[OptionSpec, ...]] = tuple(_spec(f) for f in dataclasses.fields(Config))
+OPTIONS_BY_NAME: Final[dict[str, OptionSpec]] = {spec.name: spec for spec in OPTIONS}
+#: The options given in the ``ANALYTICS_QUEUE`` dict of Django settings: all but api_key, host.
+OPTION_NAMES: Final[tuple[str, ...]] = tuple(
+    spec.name for spec in OPTIONS if spec.django_setting.startswith("ANALYTICS_QUEUE[")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """What is wrong with one option's value."""
+
+    option: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.option}: {self.message}"
+
+
+def _explicit(spec: OptionSpec, value: object) -> bool:
+    """True when ``value`` counts as given (None is given only where it means something)."""
+    return value is not None or spec.none_means is not None
 
 
 def build_config(*, env: Mapping[str, str] | None = None, **options: Any) -> Config:
@@ -194,49 +302,51 @@ def build_config(*, env: Mapping[str, str] | None = None, **options: Any) -> Con
 
     Args:
         env: the environment to read (default ``os.environ``).
-        **options: explicit options; ``None`` for an option means "not given" except for
-            ``requeue_limit``, where ``None`` means "requeue them all".
+        **options: explicit options; ``None`` for an option means "not given" except where
+            the option says what None means (``requeue_limit``: requeue them all).
 
     Raises:
         ConfigurationError: an unknown option, or a bad explicit value.
     """
     environ = os.environ if env is None else env
-    unknown = sorted(set(options) - set(_CHECKS))
+    unknown = sorted(set(options) - set(OPTIONS_BY_NAME))
     if unknown:
         raise ConfigurationError(f"unknown option(s): {', '.join(unknown)}")
     values: dict[str, Any] = {}
-    for name, check in _CHECKS.items():
-        explicit = options.get(name, _UNSET)
-        if explicit is not _UNSET and (explicit is not None or name == "requeue_limit"):
+    for spec in OPTIONS:
+        explicit = options.get(spec.name, _UNSET)
+        if explicit is not _UNSET and _explicit(spec, explicit):
             try:
-                values[name] = check(explicit)
+                values[spec.name] = spec.check(explicit)
             except ValueError as exc:
-                raise ConfigurationError(f"{name}: {exc}") from None
+                raise ConfigurationError(f"{spec.name}: {exc}") from None
             continue
-        for env_name in _env_names(name):
+        for env_name in spec.env:
             text = environ.get(env_name)
             if text is None:
                 continue
             try:
-                values[name] = check(_parse_env(name, text))
+                values[spec.name] = spec.check(spec.parse(text))
             except ValueError as exc:
                 logger.warning("ignoring %s: %s; using the default", env_name, exc)
             break
     return Config(**values)
 
 
-def validate_options(options: Mapping[str, Any]) -> list[str]:
-    """Return the problems of explicit options, one message each; empty when they are fine.
+def validate_options(options: Mapping[str, Any]) -> list[Problem]:
+    """Return the problems of explicit options; empty when they are fine.
 
-    Used by the framework integrations (Django's system check ``analytics_queue.E001``).
+    Used by the framework integrations (Flask's ``init_app``, Django's system checks).
     """
-    problems = [f"unknown option {name!r}" for name in sorted(set(options) - set(_CHECKS))]
+    problems = [
+        Problem(str(name), "unknown option") for name in options if name not in OPTIONS_BY_NAME
+    ]
     for name, value in options.items():
-        check = _CHECKS.get(name)
-        if check is None or (value is None and name != "requeue_limit"):
+        spec = OPTIONS_BY_NAME.get(name)
+        if spec is None or not _explicit(spec, value):
             continue
         try:
-            check(value)
+            spec.check(value)
         except ValueError as exc:
-            problems.append(f"{name}: {exc}")
+            problems.append(Problem(name, str(exc)))
     return problems

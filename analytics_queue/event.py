@@ -54,7 +54,8 @@ class QueuedEvent(NamedTuple):
     """What track() puts on the queue: small, immutable, and cheap to build.
 
     ``uuid`` is the caller's uuid as a canonical str, or a random 128-bit int that the worker
-    formats as a version-4 UUID; ``timestamp`` is None when it equals ``tracked_at``.
+    formats as a version-4 UUID; ``timestamp`` is None when it equals ``tracked_at``;
+    ``size`` estimates its serialized bytes (for the queue's byte bound).
     """
 
     event: str
@@ -63,6 +64,7 @@ class QueuedEvent(NamedTuple):
     timestamp: dt.datetime | None
     uuid: str | int
     tracked_at: float
+    size: int = 0
 
 
 def _path(parts: tuple[object, ...]) -> str:

@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from analytics_queue import AnalyticsQueue
-from analytics_queue.config import OPTION_NAMES, validate_options
+from analytics_queue.config import OPTIONS, OPTIONS_BY_NAME, validate_options
 from analytics_queue.prometheus import CONTENT_TYPE, choose_format, render_text
 
 __all__ = ["DEFAULT_URL_PREFIX", "EXTENSION_KEY", "FlaskAnalytics", "config_key"]
@@ -55,11 +55,7 @@ _NO_CACHE: Final = {"Cache-Control": "no-store"}
 
 def config_key(option: str) -> str:
     """The ``app.config`` key of an option: ``batch_size`` → ``ANALYTICS_QUEUE_BATCH_SIZE``."""
-    if option == "api_key":
-        return "POSTHOG_API_KEY"
-    if option == "host":
-        return "POSTHOG_HOST"
-    return "ANALYTICS_QUEUE_" + option.upper()
+    return OPTIONS_BY_NAME[option].flask_key
 
 
 class FlaskAnalytics:
@@ -118,16 +114,16 @@ class FlaskAnalytics:
                 f"{app.name!r}; call it once per app"
             )
         options: dict[str, Any] = {}
-        for option in ("api_key", "host", *OPTION_NAMES):
-            value = app.config.setdefault(config_key(option), None)
+        for spec in OPTIONS:
+            value = app.config.setdefault(spec.flask_key, None)
             if value is not None:
-                options[option] = value
+                options[spec.name] = value
         url_prefix = app.config.setdefault("ANALYTICS_QUEUE_URL_PREFIX", DEFAULT_URL_PREFIX)
 
-        problems = []
-        for option, value in options.items():
-            for problem in validate_options({option: value}):
-                problems.append(config_key(option) + problem.removeprefix(option))
+        problems = [
+            f"{config_key(problem.option)}: {problem.message}"
+            for problem in validate_options(options)
+        ]
         if url_prefix is not None and not (
             isinstance(url_prefix, str) and url_prefix.startswith("/")
         ):

@@ -151,9 +151,20 @@ class Counters:
             with self.lock:
                 self.peak_queue_size = max(self.peak_queue_size, size)
 
-    def snapshot(self, *, queued: int, queue_size: int, worker_alive: bool) -> Metrics:
-        """Freeze the counters together with the queue figures the caller read."""
+    def snapshot(
+        self,
+        *,
+        queued: int,
+        queue_size: int,
+        worker_alive: bool,
+        extra_refusals: dict[str, int] | None = None,
+    ) -> Metrics:
+        """Freeze the counters together with the queue figures the caller read.
+
+        ``extra_refusals``: refusals counted without this lock (re-entrant calls), by reason.
+        """
         with self.lock:
+            refused = self.refused + Counter(extra_refusals or {})
             failed = sum(self.failed.values())
             final = self.delivered + failed
             last = self.errors[-1] if self.errors else None
@@ -162,8 +173,8 @@ class Counters:
                 delivered=self.delivered,
                 failed=failed,
                 failed_by_reason=dict(self.failed),
-                refused=sum(self.refused.values()),
-                refused_by_reason=dict(self.refused),
+                refused=sum(refused.values()),
+                refused_by_reason=dict(refused),
                 retried=self.retried,
                 batches_sent=self.batches_sent,
                 batches_failed=self.batches_failed,

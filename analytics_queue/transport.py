@@ -31,7 +31,7 @@ import urllib.request
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import certifi
@@ -77,6 +77,19 @@ class Transport(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class ForkAware(Protocol):
+    """Optional for a transport: implemented by one that holds sockets or threads.
+
+    ``reset_after_fork()`` is called in a fork child before its first send, so that the child
+    never writes to the parent's connections. Checked with ``isinstance``.
+    """
+
+    def reset_after_fork(self) -> None:
+        """Drop what belongs to the parent process; open new connections lazily."""
         ...
 
 

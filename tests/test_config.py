@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
 
 from analytics_queue import AnalyticsQueue, ConfigurationError
-from analytics_queue.config import DEFAULT_HOST, OPTION_NAMES, build_config, validate_options
+from analytics_queue.config import (
+    DEFAULT_HOST,
+    OPTION_NAMES,
+    OPTIONS,
+    OPTIONS_BY_NAME,
+    Config,
+    Problem,
+    build_config,
+    validate_options,
+)
 
 SECRET = "phc_secret_key_never_shown_0123456789"
 
@@ -116,6 +126,21 @@ def test_app_hosts_map_to_ingestion_hosts() -> None:
 
 def test_validate_options_lists_every_problem() -> None:
     problems = validate_options({"batch_size": 0, "gzip": "no", "colour": "red"})
-    assert len(problems) == 3
-    assert any(p.startswith("batch_size") for p in problems)
+    assert sorted(p.option for p in problems) == ["batch_size", "colour", "gzip"]
+    assert Problem("colour", "unknown option") in problems
     assert validate_options({"batch_size": 5, "requeue_limit": None}) == []
+
+
+def test_every_option_is_declared_once_with_its_keys() -> None:
+    # The table is Config's fields: names, defaults, environment and framework keys agree.
+    assert [spec.name for spec in OPTIONS] == [f.name for f in dataclasses.fields(Config)]
+    for spec in OPTIONS:
+        assert getattr(Config(), spec.name) == spec.default
+        assert spec.check(spec.default) == spec.default or spec.default is None
+        assert spec.flask_key in spec.env
+    batch = OPTIONS_BY_NAME["batch_size"]
+    assert batch.env == ("ANALYTICS_QUEUE_BATCH_SIZE",)
+    assert batch.django_setting == 'ANALYTICS_QUEUE["batch_size"]'
+    assert OPTIONS_BY_NAME["api_key"].env == ("POSTHOG_API_KEY", "ANALYTICS_QUEUE_API_KEY")
+    assert OPTIONS_BY_NAME["requeue_limit"].none_means is not None
+    assert build_config(env={"ANALYTICS_QUEUE_REQUEUE_LIMIT": "all"}).requeue_limit is None

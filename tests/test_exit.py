@@ -152,7 +152,7 @@ def test_one_shared_budget_for_every_instance(
     assert elapsed < 3 + 0.5 + 2
 
 
-def test_the_opt_in_sigterm_handler_drains_then_ends_the_process_by_the_signal(
+def test_the_opt_in_sigterm_handler_exits_143_after_the_exit_drain(
     capture_server: CaptureServer,
 ) -> None:
     # waitress installs no SIGTERM handler: without ours, SIGTERM loses the queue.
@@ -170,9 +170,52 @@ def test_the_opt_in_sigterm_handler_drains_then_ends_the_process_by_the_signal(
         signal.pause()  # never reached past the default action
     """
     result, elapsed = run_script(code, capture_server)
-    assert result.returncode == -signal.SIGTERM, result.stderr
+    assert result.returncode == 143, result.stderr
     assert len(capture_server.events("sigterm")) == 20
     assert elapsed < 10
+
+
+def test_the_sigterm_handler_chains_a_previous_handler_then_exits_after_the_drain(
+    capture_server: CaptureServer,
+) -> None:
+    code = """
+        import os, signal
+        import analytics_queue
+        from analytics_queue import AnalyticsQueue
+        signal.signal(signal.SIGTERM, lambda signum, frame: print("previous", signum, flush=True))
+        analytics_queue.install_sigterm_handler()
+        q = AnalyticsQueue(flush_interval=60)
+        for i in range(20):
+            q.track("chained", distinct_id="u", properties={"i": i})
+        print("ready", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()
+    """
+    result, elapsed = run_script(code, capture_server)
+    assert result.returncode == 143, result.stderr
+    assert result.stdout.split() == ["previous", str(int(signal.SIGTERM))]
+    assert len(capture_server.events("chained")) == 20
+    assert elapsed < 10
+
+
+def test_sigterm_stays_ignored_when_it_was_ignored(capture_server: CaptureServer) -> None:
+    code = """
+        import os, signal
+        import analytics_queue
+        from analytics_queue import AnalyticsQueue
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        analytics_queue.install_sigterm_handler()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        q = AnalyticsQueue(flush_interval=60)
+        q.track("ignored", distinct_id="u")
+        print("ready", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("still running", flush=True)
+    """
+    result, _ = run_script(code, capture_server)
+    assert result.returncode == 0, result.stderr
+    assert "still running" in result.stdout
+    assert len(capture_server.events("ignored")) == 1  # delivered by the normal exit drain
 
 
 def test_without_the_handler_sigterm_loses_the_queue(capture_server: CaptureServer) -> None:

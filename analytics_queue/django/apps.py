@@ -57,7 +57,7 @@ def options_from_settings() -> dict[str, Any]:
     for name, value in given.items():
         problems = validate_options({name: value})
         if problems:
-            logger.error("ignoring a setting of analytics_queue: %s", "; ".join(problems))
+            logger.error("ignoring a setting of analytics_queue: %s", "; ".join(map(str, problems)))
         else:
             options[name] = value
     return options

@@ -13,11 +13,11 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
-from analytics_queue.config import OPTION_NAMES, validate_options
+from analytics_queue.config import OPTION_NAMES, Problem, validate_options
 
 
-def _hint(problem: str, name: str) -> str:
-    if problem.startswith("unknown option"):
+def _hint(problem: Problem, name: str) -> str:
+    if problem.message == "unknown option":
         if name in ("api_key", "host"):
             return f"Set POSTHOG_{name.upper()} in settings instead."
         close = difflib.get_close_matches(name, OPTION_NAMES, n=1)
@@ -39,7 +39,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         for problem in validate_options({option: getattr(settings, setting, None)}):
             messages.append(
                 Error(
-                    f"settings.{setting}{problem.removeprefix(option)}",
+                    f"settings.{setting}: {problem.message}",
                     hint="Fix the value, or remove it to use the environment variable.",
                     id="analytics_queue.E001",
                 )
@@ -59,7 +59,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             messages.append(
                 Error(
                     f"settings.ANALYTICS_QUEUE: {name!r} is not read from this dict",
-                    hint=_hint("unknown option", name),
+                    hint=_hint(Problem(name, "unknown option"), name),
                     id="analytics_queue.E001",
                 )
             )

@@ -1,0 +1,98 @@
+"""EventBuffer: the bounded ``queue.Queue`` between ``track()`` and the worker.
+
+A subclass, so that admission, the byte bound and closing happen in the one step the queue
+already takes under its own mutex: ``put_nowait`` either queues an event before the buffer is
+closed, or raises :class:`BufferClosed`. No event can slip in after :meth:`EventBuffer.close`,
+so a drain that starts after it sees everything it must account for.
+
+The worker never blocks in ``get()``: it waits on :attr:`EventBuffer.wake`, which a ``put`` sets
+once ``wake_at`` events wait, and takes what waits in bulk with :meth:`EventBuffer.take`.
+
+Thread safety: every method holds the queue's mutex; safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import NamedTuple
+
+from analytics_queue.event import QueuedEvent
+
+
+class BufferClosed(Exception):
+    """Raised by ``put_nowait`` once the buffer is closed."""
+
+
+class BufferBytesFull(queue.Full):
+    """Raised by ``put_nowait`` when the event would take the buffer past its byte bound."""
+
+
+class BufferState(NamedTuple):
+    """What waits in the buffer: how many events, and the wall time the oldest was tracked."""
+
+    waiting: int
+    oldest_tracked_at: float | None
+
+
+class EventBuffer(queue.Queue[QueuedEvent]):
+    """A bounded FIFO of queued events that can be closed.
+
+    Args:
+        maxsize: at most this many events wait; ``put_nowait`` raises ``queue.Full`` past it.
+        max_bytes: at most about this many bytes wait (the events' size estimates); None: no
+            byte bound. One event is always accepted into an empty buffer.
+        wake_at: set :attr:`wake` when this many events wait.
+    """
+
+    def __init__(self, maxsize: int, *, max_bytes: int | None = None, wake_at: int = 1) -> None:
+        super().__init__(maxsize)
+        self.wake = threading.Event()
+        self._wake_at = wake_at
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._closed = False
+
+    # Called by Queue.put under the mutex, after the count bound was checked.
+    def _put(self, item: QueuedEvent) -> None:
+        if self._closed:
+            raise BufferClosed
+        if self._max_bytes is not None:
+            if self._bytes + item.size > self._max_bytes and self.queue:
+                raise BufferBytesFull
+            self._bytes += item.size
+        self.queue.append(item)
+        if len(self.queue) >= self._wake_at and not self.wake.is_set():
+            self.wake.set()
+
+    def take(self, limit: int) -> list[QueuedEvent]:
+        """Remove and return up to ``limit`` events, oldest first."""
+        with self.mutex:
+            waiting = self.queue
+            items = [waiting.popleft() for _ in range(min(len(waiting), limit))]
+            if items:
+                if self._max_bytes is not None:
+                    self._bytes -= sum(item.size for item in items)
+                self.not_full.notify(len(items))
+        return items
+
+    def state(self) -> BufferState:
+        """How many events wait and when the oldest was tracked."""
+        with self.mutex:
+            waiting = self.queue
+            return BufferState(len(waiting), waiting[0].tracked_at if waiting else None)
+
+    def close(self) -> None:
+        """Refuse every later ``put``; what already waits stays to be drained."""
+        with self.mutex:
+            self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def bytes_waiting(self) -> int:
+        """The size estimates of the waiting events, summed (0 without a byte bound)."""
+        return self._bytes
