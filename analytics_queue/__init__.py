@@ -20,7 +20,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from analytics_queue._guard import inside
+from analytics_queue._guard import guarded, inside
 from analytics_queue._lifecycle import install_sigterm_handler
 from analytics_queue._version import __version__
 from analytics_queue.client import AnalyticsQueue
@@ -82,7 +82,7 @@ def get_default() -> AnalyticsQueue:
     global _default
     instance = _default
     if instance is None:
-        with _default_lock:
+        with guarded(), _default_lock:
             if _default is None:
                 _default = AnalyticsQueue()
             instance = _default
@@ -92,14 +92,15 @@ def get_default() -> AnalyticsQueue:
 def configure(**options: Any) -> AnalyticsQueue:
     """Replace the default instance with one built from ``options`` (and the environment).
 
-    The previous default instance is shut down (its events are flushed first).
+    The previous default instance is shut down (its events are flushed first); a module-level
+    ``track()`` that raced the replacement goes to the new instance.
 
     Raises:
         ConfigurationError: an option is bad; the previous instance then stays in place.
     """
     global _default
     instance = AnalyticsQueue(**options)
-    with _default_lock:
+    with guarded(), _default_lock:
         previous, _default = _default, instance
     if previous is not None:
         previous.shutdown()
@@ -117,6 +118,18 @@ def track(
     """``track()`` on the default instance."""
     if inside.active:  # re-entered inside the library on this thread (a logging handler, ...)
         return False
+    instance = get_default()
+    try:
+        if instance.track(
+            event, distinct_id=distinct_id, properties=properties, timestamp=timestamp, uuid=uuid
+        ):
+            return True
+    except ShutdownError:  # strict mode
+        if instance is _default:
+            raise
+    if not instance.closed or instance is _default:
+        return False
+    # configure() replaced and closed the default instance while this call used it.
     return get_default().track(
         event, distinct_id=distinct_id, properties=properties, timestamp=timestamp, uuid=uuid
     )
