@@ -346,7 +346,8 @@ class _DeadlineReader(io.RawIOBase):
         if self._read_timeout is not None:
             left = min(left, self._read_timeout)
         self._sock.settimeout(left)
-        return self._raw.readinto(buffer)
+        count: int | None = self._raw.readinto(buffer)
+        return count
 
     def close(self) -> None:
         self._raw.close()
