@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from posthog.request import determine_server_host
 
+from analytics_queue._redact import redact
 from analytics_queue.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -211,7 +212,8 @@ def build_config(*, env: Mapping[str, str] | None = None, **options: Any) -> Con
             try:
                 values[name] = check(explicit)
             except ValueError as exc:
-                raise ConfigurationError(f"{name}: {exc}") from None
+                # A key pasted into another option must not reach a traceback or a log.
+                raise ConfigurationError(redact(f"{name}: {exc}", values.get("api_key"))) from None
             continue
         for env_name in _env_names(name):
             text = environ.get(env_name)
@@ -220,7 +222,11 @@ def build_config(*, env: Mapping[str, str] | None = None, **options: Any) -> Con
             try:
                 values[name] = check(_parse_env(name, text))
             except ValueError as exc:
-                logger.warning("ignoring %s: %s; using the default", env_name, exc)
+                logger.warning(
+                    "ignoring %s: %s; using the default",
+                    env_name,
+                    redact(str(exc), values.get("api_key")),
+                )
             break
     return Config(**values)
 
@@ -238,5 +244,10 @@ def validate_options(options: Mapping[str, Any]) -> list[str]:
         try:
             check(value)
         except ValueError as exc:
-            problems.append(f"{name}: {exc}")
+            problems.append(redact(f"{name}: {exc}", _key_of(options)))
     return problems
+
+
+def _key_of(options: Mapping[str, Any]) -> str | None:
+    key = options.get("api_key")
+    return key.strip() if isinstance(key, str) else None
