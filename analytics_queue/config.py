@@ -244,7 +244,10 @@ def validate_options(options: Mapping[str, Any]) -> list[str]:
         try:
             check(value)
         except ValueError as exc:
-            problems.append(redact(f"{name}: {exc}", _key_of(options)))
+            # api_key's own messages never echo it; other options' messages echo their value.
+            problems.append(
+                redact(f"{name}: {exc}", None if name == "api_key" else _key_of(options))
+            )
     return problems
 
 
