@@ -472,3 +472,17 @@ def test_upstream_error_text_stays_out_of_health_and_metrics(
 def test_send_result_carries_a_kind() -> None:
     assert SendResult(False, error="x", kind="timeout").kind == "timeout"
     assert SendResult(True, 200).kind is None
+
+
+@pytest.mark.parametrize(
+    "value", ["socks5://user:topsecret@proxy:1080", "http://user:topsecret@[::1", "::::"]
+)
+def test_a_bad_https_proxy_never_stops_the_constructor(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str
+) -> None:
+    monkeypatch.setitem(sys.modules, "urllib3.contrib.socks", None)  # as without PySocks
+    monkeypatch.setenv("HTTPS_PROXY", value)
+    with caplog.at_level(logging.ERROR, logger="analytics_queue"):
+        queue = AnalyticsQueue(api_key=KEY, host="https://us.i.posthog.com")
+    queue.shutdown(timeout=0)
+    assert "HTTPS_PROXY" in caplog.text and "topsecret" not in caplog.text
