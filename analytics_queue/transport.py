@@ -37,6 +37,7 @@ holds the worker's send lock).
 
 from __future__ import annotations
 
+import errno
 import http
 import http.client
 import io
@@ -266,6 +267,8 @@ def _classify_one(exc: BaseException, timeout: float) -> tuple[str, str] | None:
         return "dns", "host name not resolved (check POSTHOG_HOST and DNS)"
     if isinstance(exc, ConnectionRefusedError) or "refused" in str(exc).lower():
         return "refused", "connection refused (is the host up, and POSTHOG_HOST right?)"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError) and "timed out" not in str(exc):
+        return None  # urllib3 2 makes it a ConnectTimeoutError: look at the socket error below
     if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
         return "timeout", f"no connection within {timeout:.3g} s"
     if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
@@ -282,6 +285,8 @@ def _classify_one(exc: BaseException, timeout: float) -> tuple[str, str] | None:
         (ConnectionResetError, http.client.RemoteDisconnected, urllib3.exceptions.ProtocolError),
     ):
         return "connection", "connection closed by the server before it answered"
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno in errno.errorcode:
+        return "connection", f"could not connect ({errno.errorcode[exc.errno]})"
     return None
 
 
@@ -320,7 +325,6 @@ class _Deadline(threading.local):
 
 
 _deadline = _Deadline()
-_bypass: Any = getattr(urllib.request, "proxy_bypass_environment")  # noqa: B009 - untyped
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -407,6 +411,9 @@ class _Route:
     pool: urllib3.PoolManager | None
     variable: str | None = None
     problem: str | None = None
+
+
+_bypass: Any = getattr(urllib.request, "proxy_bypass_environment")  # noqa: B009 - untyped
 
 
 def proxy_from_environment(url: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
