@@ -33,6 +33,8 @@ from analytics_queue.errors import (
     UnserializableError,
 )
 from analytics_queue.event import (
+    MAX_DISTINCT_ID_LENGTH,
+    MAX_EVENT_NAME_LENGTH,
     EventEncoder,
     QueuedEvent,
     capture_properties,
@@ -40,6 +42,7 @@ from analytics_queue.event import (
     check_event_name,
     check_timestamp,
     check_uuid,
+    shown,
 )
 from analytics_queue.metrics import Counters, Health, Metrics, evaluate_health
 from analytics_queue.retry import RetryPolicy
@@ -209,9 +212,18 @@ class AnalyticsQueue:
             if refusal is not None:
                 return self._refuse(refusal)
         try:
-            if type(event) is not str or not event:
+            # The fast path: a short ASCII str needs no further check (isascii() is O(1)).
+            if (
+                type(event) is not str
+                or not 0 < len(event) <= MAX_EVENT_NAME_LENGTH
+                or not event.isascii()
+            ):
                 event = check_event_name(event)
-            if type(distinct_id) is not str or not distinct_id:
+            if (
+                type(distinct_id) is not str
+                or not 0 < len(distinct_id) <= MAX_DISTINCT_ID_LENGTH
+                or not distinct_id.isascii()
+            ):
                 distinct_id = check_distinct_id(event, distinct_id)
             props = capture_properties(event, properties)
             when = None if timestamp is None else check_timestamp(event, timestamp)
@@ -219,9 +231,9 @@ class AnalyticsQueue:
         except RefusedError as refusal:
             return self._refuse(refusal)
         except Exception as exc:  # a Mapping whose items() raises, a hostile __eq__, ...
-            name = event if type(event) is str else type(event).__name__
+            name = shown(event) if type(event) is str else type(event).__name__
             return self._refuse(
-                UnserializableError(f"event {name!r}: {type(exc).__name__} while checking it")
+                UnserializableError(f"event {name}: {type(exc).__name__} while checking it")
             )
         item = QueuedEvent(event, distinct_id, props, when, event_id, time.time())
         # Inside the queue's mutex: a re-entrant track() on this thread refuses instead of

@@ -20,7 +20,9 @@ from typing import Any, Final
 
 from posthog.request import determine_server_host
 
+from analytics_queue._redact import redact
 from analytics_queue.errors import ConfigurationError
+from analytics_queue.event import shown_value
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ def _check_host(value: object) -> str:
 
 def _positive_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"must be an int >= 1, got {value!r}")
+        raise ValueError(f"must be an int >= 1, got {shown_value(value)}")
     return int(value)
 
 
@@ -122,7 +124,7 @@ def _optional_non_negative_int(value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"must be an int >= 0 or None, got {value!r}")
+        raise ValueError(f"must be an int >= 0 or None, got {shown_value(value)}")
     return int(value)
 
 
@@ -133,7 +135,7 @@ def _seconds(value: object, *, allow_zero: bool) -> float:
         value_ok = value >= 0 if allow_zero else value > 0
     if not value_ok:
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"must be a number of seconds {bound}, got {value!r}")
+        raise ValueError(f"must be a number of seconds {bound}, got {shown_value(value)}")
     return float(value)  # type: ignore[arg-type]
 
 
@@ -147,7 +149,7 @@ def _non_negative_seconds(value: object) -> float:
 
 def _bool(value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"must be True or False, got {value!r}")
+        raise ValueError(f"must be True or False, got {shown_value(value)}")
     return value
 
 
@@ -155,7 +157,7 @@ def _optional_str(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ValueError(f"must be a str or None, got {value!r}")
+        raise ValueError(f"must be a str or None, got {shown_value(value)}")
     return value or None
 
 
@@ -319,7 +321,9 @@ def build_config(*, env: Mapping[str, str] | None = None, **options: Any) -> Con
             try:
                 values[spec.name] = spec.check(explicit)
             except ValueError as exc:
-                raise ConfigurationError(f"{spec.name}: {exc}") from None
+                # A key pasted into another option must not reach a traceback or a log.
+                message = redact(f"{spec.name}: {exc}", values.get("api_key"))
+                raise ConfigurationError(message) from None
             continue
         for env_name in spec.env:
             text = environ.get(env_name)
@@ -328,7 +332,11 @@ def build_config(*, env: Mapping[str, str] | None = None, **options: Any) -> Con
             try:
                 values[spec.name] = spec.check(spec.parse(text))
             except ValueError as exc:
-                logger.warning("ignoring %s: %s; using the default", env_name, exc)
+                logger.warning(
+                    "ignoring %s: %s; using the default",
+                    env_name,
+                    redact(str(exc), values.get("api_key")),
+                )
             break
     return Config(**values)
 
@@ -348,5 +356,12 @@ def validate_options(options: Mapping[str, Any]) -> list[Problem]:
         try:
             spec.check(value)
         except ValueError as exc:
-            problems.append(Problem(name, str(exc)))
+            # api_key's own messages never echo it; other options' messages echo their value.
+            key = None if name == "api_key" else _key_of(options)
+            problems.append(Problem(name, redact(str(exc), key)))
     return problems
+
+
+def _key_of(options: Mapping[str, Any]) -> str | None:
+    key = options.get("api_key")
+    return key.strip() if isinstance(key, str) else None

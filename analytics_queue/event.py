@@ -2,8 +2,15 @@
 
 ``capture_properties`` runs inside ``track()``: it copies the caller's properties (nested
 containers included, so later changes by the caller do not reach the event), converts what JSON
-cannot carry, and refuses NaN, infinities and unknown types with the path of the bad value. Its
-fast path is one loop over a flat dict of str, int, float, bool and None.
+cannot carry, and refuses NaN, infinities, lone surrogates and unknown types with the path of the
+bad value. Its fast path is one loop over a flat dict of str, int, float, bool and None; only
+strings that are not ASCII are checked for lone surrogates.
+
+The ``check_*`` functions refuse what PostHog would change or drop later: an event name or a
+distinct id over 200 characters (PostHog cuts both there, see :data:`MAX_EVENT_NAME_LENGTH`), and
+strings that are not valid Unicode. Refusal messages never call ``repr()`` or ``str()`` on the
+caller's objects (a hostile ``__repr__`` could block ``track()``): they show type names, and
+values the library made itself, cut to a readable length.
 
 ``EventEncoder`` runs on the worker: it turns a queued tuple into the JSON bytes of one element of
 PostHog's ``batch`` array, enriched with ``$lib``, ``$lib_version``, ``queued_at`` and the
@@ -37,6 +44,16 @@ from analytics_queue.errors import (
 MAX_EVENT_BYTES: Final = 900 * 1024
 #: Deeper nesting than this is refused (and catches reference cycles).
 MAX_DEPTH: Final = 64
+#: PostHog's ingestion cuts event names to 200 characters (``sanitizeEventName`` in
+#: nodejs/src/utils/db/utils.ts, a JavaScript ``substr(0, 200)``: UTF-16 code units), so two
+#: long names that differ after 200 become one event; track() refuses longer names.
+MAX_EVENT_NAME_LENGTH: Final = 200
+#: PostHog's capture service cuts a distinct id to 200 characters
+#: (``RawEvent::extract_distinct_id`` in rust/common/types/src/event.rs), which would merge
+#: different users into one person; track() refuses longer ids.
+MAX_DISTINCT_ID_LENGTH: Final = 200
+#: How many characters of a name, id or key a message shows.
+SHOWN_CHARACTERS: Final = 40
 LIB_NAME: Final = "analytics_queue"
 
 _UTC: Final = dt.timezone.utc
@@ -68,9 +85,53 @@ class QueuedEvent(NamedTuple):
 
 
 def _path(parts: tuple[object, ...]) -> str:
-    return "properties" + "".join(
-        f"[{json.dumps(p)}]" if isinstance(p, str) else f"[{p!r}]" for p in parts
-    )
+    return "properties" + "".join(f"[{_part(p)}]" for p in parts)
+
+
+def _part(part: object) -> str:
+    if isinstance(part, str):
+        text = plain_str(part)
+        if len(text) > SHOWN_CHARACTERS:
+            return json.dumps(text[:SHOWN_CHARACTERS])[:-1] + '..."'
+        return json.dumps(text)
+    if type(part) is int:  # an index we counted, or an int key
+        return int.__repr__(part)
+    return f"<{type(part).__name__} key>"
+
+
+def shown(text: str) -> str:
+    """A str the library holds, quoted for a message and cut to :data:`SHOWN_CHARACTERS`."""
+    text = plain_str(text)
+    if len(text) > SHOWN_CHARACTERS:
+        return f"{str.__repr__(text[:SHOWN_CHARACTERS])}... ({len(text)} characters)"
+    return str.__repr__(text)
+
+
+def shown_value(value: object) -> str:
+    """A caller's value in a message, without calling its own __repr__."""
+    if value is None:
+        return "None"
+    if isinstance(value, str):
+        return shown(value)
+    if type(value) is int:
+        return int.__repr__(value) if value.bit_length() < 64 else "a large int"
+    if type(value) is float:
+        return float.__repr__(value)
+    return f"a {type(value).__name__}"
+
+
+def has_surrogate(text: str) -> bool:
+    """True when ``text`` holds a lone surrogate (it cannot be encoded as UTF-8)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_NOT_UNICODE: Final = "a str that is not valid Unicode (a lone surrogate)"
 
 
 class _Refusal(Exception):
@@ -92,13 +153,19 @@ def _convert(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
     if isinstance(value, bool):
         return bool(value), _VALUE_OVERHEAD
     if isinstance(value, int):
-        return int(value), _VALUE_OVERHEAD
+        return int.__int__(value), _VALUE_OVERHEAD  # int(): a subclass's own __int__
     if isinstance(value, float):
-        if math.isnan(value) or value in _INFINITIES:
-            raise _Refusal(parts, f"{value!r} cannot be sent as JSON", InvalidEventError)
-        return float(value), _VALUE_OVERHEAD
+        number = float.__float__(value)
+        if math.isnan(number) or number in _INFINITIES:
+            raise _Refusal(
+                parts, f"{float.__repr__(number)} cannot be sent as JSON", InvalidEventError
+            )
+        return number, _VALUE_OVERHEAD
     if isinstance(value, str):
-        return plain_str(value), len(value) + _VALUE_OVERHEAD
+        text = plain_str(value)
+        if has_surrogate(text):
+            raise _Refusal(parts, _NOT_UNICODE, InvalidEventError)
+        return text, len(text) + _VALUE_OVERHEAD
     if value is None:
         return None, _VALUE_OVERHEAD
     if isinstance(value, Mapping):
@@ -111,9 +178,12 @@ def _convert(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
                     f"key of type {type(key).__name__} (keys must be str)",
                     UnserializableError,
                 )
-            converted, n = _convert(item, (*parts, key))
-            out[plain_str(key)] = converted
-            size += n + len(key) + _VALUE_OVERHEAD
+            name = plain_str(key)
+            if has_surrogate(name):
+                raise _Refusal((*parts, key), f"key: {_NOT_UNICODE}", InvalidEventError)
+            converted, n = _convert(item, (*parts, name))
+            out[name] = converted
+            size += n + len(name) + _VALUE_OVERHEAD
         return out, size
     if isinstance(value, (list, tuple, set, frozenset)):
         items: list[Any] = []
@@ -129,10 +199,10 @@ def _convert(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise _Refusal(parts, f"Decimal {value} cannot be sent as JSON", InvalidEventError)
-        text = str(value)  # exact: a float would round money and overflow past 1e308
+        text = Decimal.__str__(value)  # exact: a float would round money and overflow past 1e308
         return text, len(text) + _VALUE_OVERHEAD
     if isinstance(value, uuid_module.UUID):
-        return str(value), 40
+        return uuid_module.UUID.__str__(value), 40
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         return _convert(fields, parts)
@@ -153,7 +223,7 @@ def capture_properties(event: str, properties: Mapping[str, Any] | None) -> dict
         return {}
     if not isinstance(properties, Mapping):
         raise UnserializableError(
-            f"event {event!r}: properties must be a mapping, got {type(properties).__name__}"
+            f"event {shown(event)}: properties must be a mapping, got {type(properties).__name__}"
         )
     out: dict[str, Any] = {}
     size = 0
@@ -167,8 +237,12 @@ def capture_properties(event: str, properties: Mapping[str, Any] | None) -> dict
                         UnserializableError,
                     )
                 key = plain_str(key)
+            if not key.isascii() and has_surrogate(key):
+                raise _Refusal((key,), f"key: {_NOT_UNICODE}", InvalidEventError)
             kind = type(value)
             if kind is str:
+                if not value.isascii() and has_surrogate(value):
+                    raise _Refusal((key,), _NOT_UNICODE, InvalidEventError)
                 size += len(value) + len(key) + _VALUE_OVERHEAD
             elif kind is int or kind is bool or value is None:
                 size += len(key) + _VALUE_OVERHEAD
@@ -181,16 +255,18 @@ def capture_properties(event: str, properties: Mapping[str, Any] | None) -> dict
                 size += n + len(key)
             out[key] = value
     except _Refusal as refusal:
-        raise refusal.error(f"event {event!r}: {_path(refusal.parts)}: {refusal.message}") from None
+        raise refusal.error(
+            f"event {shown(event)}: {_path(refusal.parts)}: {refusal.message}"
+        ) from None
     except RecursionError:
-        raise InvalidEventError(f"event {event!r}: properties nest too deeply") from None
+        raise InvalidEventError(f"event {shown(event)}: properties nest too deeply") from None
     if size > _EXACT_SIZE_ABOVE:
         # The estimate counts characters: UTF-8 and JSON escapes can make the real size up to
         # six times larger, and small numbers smaller. Rare big events are measured exactly.
         size = _serialized_size(event, out)
         if size > MAX_EVENT_BYTES:
             raise OversizeError(
-                f"event {event!r}: properties take {size} bytes serialized, over the "
+                f"event {shown(event)}: properties take {size} bytes serialized, over the "
                 f"{MAX_EVENT_BYTES}-byte limit of one event"
             )
     return out
@@ -201,7 +277,7 @@ def _serialized_size(event: str, properties: dict[str, Any]) -> int:
         return len(_measure(properties).encode("utf-8"))
     except UnicodeEncodeError:
         raise InvalidEventError(
-            f"event {event!r}: a string is not valid Unicode (lone surrogate)"
+            f"event {shown(event)}: a string is not valid Unicode (lone surrogate)"
         ) from None
 
 
@@ -215,24 +291,64 @@ def plain_str(value: str) -> str:
 
 
 def check_event_name(event: object) -> str:
-    """Return the event name as a plain non-empty str (a str Enum gives its value)."""
-    if isinstance(event, str) and event:
-        return plain_str(event)
-    kind = type(event).__name__
-    shown = repr(event) if isinstance(event, (str, type(None), int, float)) else f"a {kind}"
-    raise InvalidEventError(f"event name must be a non-empty str, got {shown}")
+    """Return the event name as a plain str (a str Enum gives its value).
+
+    Raises:
+        InvalidEventError: not a str, empty, over :data:`MAX_EVENT_NAME_LENGTH` characters, or
+            not valid Unicode.
+    """
+    if not isinstance(event, str):
+        raise InvalidEventError(f"event name must be a non-empty str, got {shown_value(event)}")
+    name = plain_str(event)
+    if not name:
+        raise InvalidEventError("event name must be a non-empty str, got ''")
+    if len(name) > MAX_EVENT_NAME_LENGTH or (
+        not name.isascii()
+        and len(name.encode("utf-16-le", "surrogatepass")) > 2 * MAX_EVENT_NAME_LENGTH
+    ):
+        raise InvalidEventError(
+            f"event name {shown(name)} is longer than {MAX_EVENT_NAME_LENGTH} characters "
+            "(PostHog would cut it)"
+        )
+    if has_surrogate(name):
+        raise InvalidEventError(f"event name {shown(name)}: {_NOT_UNICODE}")
+    return name
 
 
 def check_distinct_id(event: str, distinct_id: object) -> str:
-    """Return the distinct id as a non-empty str (int and UUID are stringified)."""
-    if isinstance(distinct_id, str) and distinct_id:
-        return plain_str(distinct_id)
-    if isinstance(distinct_id, (int, uuid_module.UUID)) and not isinstance(distinct_id, bool):
-        return str(int(distinct_id)) if isinstance(distinct_id, int) else str(distinct_id)
-    kind = type(distinct_id).__name__
-    shown = repr(distinct_id) if isinstance(distinct_id, (str, type(None), float)) else f"a {kind}"
-    raise InvalidEventError(
-        f"event {event!r}: distinct_id must be a non-empty str, int or UUID, got {shown}"
+    """Return the distinct id as a non-empty str (int and UUID are stringified).
+
+    Raises:
+        InvalidEventError: not a non-empty str, int or UUID, over
+            :data:`MAX_DISTINCT_ID_LENGTH` characters, or not valid Unicode.
+    """
+    ident: str | None = None
+    if isinstance(distinct_id, str):
+        ident = plain_str(distinct_id)
+    elif isinstance(distinct_id, int) and not isinstance(distinct_id, bool):
+        number = int.__int__(distinct_id)  # int(): a subclass's own __int__
+        # 4 bits per digit at least: a longer int is over the limit, and str() of it is slow.
+        if number.bit_length() > 4 * MAX_DISTINCT_ID_LENGTH:
+            raise InvalidEventError(_id_too_long(event))
+        ident = str(number)
+    elif isinstance(distinct_id, uuid_module.UUID):
+        ident = uuid_module.UUID.__str__(distinct_id)
+    if not ident:
+        raise InvalidEventError(
+            f"event {shown(event)}: distinct_id must be a non-empty str, int or UUID, "
+            f"got {shown_value(distinct_id)}"
+        )
+    if len(ident) > MAX_DISTINCT_ID_LENGTH:
+        raise InvalidEventError(_id_too_long(event))
+    if has_surrogate(ident):
+        raise InvalidEventError(f"event {shown(event)}: distinct_id is {_NOT_UNICODE}")
+    return ident
+
+
+def _id_too_long(event: str) -> str:
+    return (
+        f"event {shown(event)}: distinct_id is longer than {MAX_DISTINCT_ID_LENGTH} characters "
+        "(PostHog would cut it, merging different users)"
     )
 
 
@@ -242,18 +358,19 @@ def check_timestamp(event: str, timestamp: object) -> dt.datetime:
     if isinstance(timestamp, dt.datetime):
         when = timestamp
     elif isinstance(timestamp, str):
-        text = timestamp.strip()
+        given = plain_str(timestamp)
+        text = given.strip()
         if text.endswith(("Z", "z")):
             text = text[:-1] + "+00:00"
         try:
             when = dt.datetime.fromisoformat(text)
         except ValueError:
             raise InvalidEventError(
-                f"event {event!r}: timestamp {timestamp!r} is not ISO-8601"
+                f"event {shown(event)}: timestamp {shown(given)} is not ISO-8601"
             ) from None
     else:
         raise InvalidEventError(
-            f"event {event!r}: timestamp must be a datetime or an ISO-8601 str, "
+            f"event {shown(event)}: timestamp must be a datetime or an ISO-8601 str, "
             f"got {type(timestamp).__name__}"
         )
     if when.tzinfo is None:
@@ -264,13 +381,17 @@ def check_timestamp(event: str, timestamp: object) -> dt.datetime:
 def check_uuid(event: str, value: object) -> str:
     """Return the caller's uuid in canonical form."""
     if isinstance(value, uuid_module.UUID):
-        return str(value)
+        return uuid_module.UUID.__str__(value)
     if isinstance(value, str):
+        text = plain_str(value)
         try:
-            return str(uuid_module.UUID(value))
+            return str(uuid_module.UUID(text))
         except ValueError:
             pass
-    raise InvalidEventError(f"event {event!r}: uuid {value!r} is not a valid UUID")
+        raise InvalidEventError(f"event {shown(event)}: uuid {shown(text)} is not a valid UUID")
+    raise InvalidEventError(
+        f"event {shown(event)}: uuid must be a UUID or its str, got {shown_value(value)}"
+    )
 
 
 def format_uuid4(bits: int) -> str:
@@ -360,13 +481,13 @@ class EventEncoder:
             data = text.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidEventError(
-                f"event {item.event!r}: a string is not valid Unicode (lone surrogate)"
+                f"event {shown(item.event)}: a string is not valid Unicode (lone surrogate)"
             ) from None
         except (TypeError, ValueError, RecursionError) as exc:
-            raise InvalidEventError(f"event {item.event!r}: {exc}") from None
+            raise InvalidEventError(f"event {shown(item.event)}: {exc}") from None
         if len(data) > MAX_EVENT_BYTES:
             raise OversizeError(
-                f"event {item.event!r}: {len(data)} bytes serialized, over the "
+                f"event {shown(item.event)}: {len(data)} bytes serialized, over the "
                 f"{MAX_EVENT_BYTES}-byte limit of one event"
             )
         return data

@@ -21,14 +21,19 @@ Install with the ``flask`` extra (``pip install 'analytics-queue[flask]'``)::
 
 The blueprint answers ``GET /analytics/health`` (JSON; 200 when healthy or degraded, 503 when
 critical) and ``GET /analytics/metrics`` (JSON, or the Prometheus text format with
-``?format=prometheus`` or ``Accept: text/plain``).
+``?format=prometheus`` or ``Accept: text/plain``). They answer anyone unless
+``ANALYTICS_QUEUE_ENDPOINT_GUARD`` names a check (docs/network.md)::
+
+    app.config["ANALYTICS_QUEUE_ENDPOINT_GUARD"] = lambda request: (
+        request.headers.get("X-Monitoring-Token") == os.environ["MONITORING_TOKEN"]
+    )
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid as uuid_module
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 try:
@@ -37,6 +42,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError(
         "analytics_queue.flask needs Flask: pip install 'analytics-queue[flask]'"
     ) from exc
+
+from werkzeug.utils import import_string
 
 from analytics_queue import AnalyticsQueue
 from analytics_queue.config import OPTIONS, OPTIONS_BY_NAME, validate_options
@@ -81,6 +88,9 @@ class FlaskAnalytics:
     - ``ANALYTICS_QUEUE_DISABLED``: False.
     - ``ANALYTICS_QUEUE_URL_PREFIX``: ``"/analytics"``, the prefix of the health and metrics
       routes; ``None`` registers no blueprint.
+    - ``ANALYTICS_QUEUE_ENDPOINT_GUARD``: None (the routes answer anyone), or a callable (or its
+      dotted import path) that takes the request and returns a true value to let it see health
+      and metrics; a false value answers 403.
 
     A bad value raises ``ValueError`` from ``init_app`` naming the key. As ``None`` means "not
     set", ``requeue_limit=None`` (requeue every event) is set in the environment instead:
@@ -119,6 +129,7 @@ class FlaskAnalytics:
             if value is not None:
                 options[spec.name] = value
         url_prefix = app.config.setdefault("ANALYTICS_QUEUE_URL_PREFIX", DEFAULT_URL_PREFIX)
+        guard_setting = app.config.setdefault("ANALYTICS_QUEUE_ENDPOINT_GUARD", None)
 
         problems = [
             f"{config_key(problem.option)}: {problem.message}"
@@ -128,13 +139,18 @@ class FlaskAnalytics:
             isinstance(url_prefix, str) and url_prefix.startswith("/")
         ):
             problems.append(f"ANALYTICS_QUEUE_URL_PREFIX: must start with '/', got {url_prefix!r}")
+        guard = None
+        try:
+            guard = _resolve_guard(guard_setting)
+        except ValueError as exc:
+            problems.append(f"ANALYTICS_QUEUE_ENDPOINT_GUARD: {exc}")
         if problems:
             raise ValueError("analytics_queue: bad Flask config: " + "; ".join(problems))
 
         queue = AnalyticsQueue(**options)
         app.extensions[EXTENSION_KEY] = queue
         if url_prefix is not None:
-            app.register_blueprint(_blueprint(url_prefix.rstrip("/")))
+            app.register_blueprint(_blueprint(url_prefix.rstrip("/"), guard))
         return queue
 
     def get_queue(self, app: Flask | None = None) -> AnalyticsQueue:
@@ -221,8 +237,39 @@ def _metrics() -> Response:
     return response
 
 
-def _blueprint(url_prefix: str) -> Blueprint:
+Guard = Callable[[Any], bool]
+
+
+def _resolve_guard(setting: object) -> Guard | None:
+    """The endpoint guard from its config value: None, a callable, or a dotted import path."""
+    if setting is None:
+        return None
+    if isinstance(setting, str):
+        try:
+            setting = import_string(setting)
+        except ImportError:
+            raise ValueError(f"cannot import {setting!r}") from None
+    if not callable(setting):
+        raise ValueError(f"must be a callable or its dotted path, got {type(setting).__name__}")
+    guard: Guard = setting
+    return guard
+
+
+def _forbidden() -> Response:
+    response = jsonify({"error": "forbidden"})
+    response.status_code = 403
+    response.headers.update(_NO_CACHE)
+    return response
+
+
+def _blueprint(url_prefix: str, guard: Guard | None = None) -> Blueprint:
     blueprint = Blueprint("analytics_queue", __name__, url_prefix=url_prefix or None)
+    if guard is not None:
+
+        @blueprint.before_request
+        def _check_guard() -> Response | None:
+            return None if guard(request) else _forbidden()
+
     blueprint.add_url_rule("/health", "health", _health, methods=["GET"])
     blueprint.add_url_rule("/metrics", "metrics", _metrics, methods=["GET"])
     return blueprint

@@ -253,3 +253,34 @@ def test_a_missing_key_warns_w001(
         monkeypatch.delenv("POSTHOG_API_KEY")
         with override_settings(ANALYTICS_QUEUE={"disabled": True}):
             assert our_checks() == []  # nothing to send anyway
+
+
+def token_guard(request: HttpRequest) -> bool:
+    return request.headers.get("X-Monitoring-Token") == "s3cret"
+
+
+def test_the_endpoint_guard_setting_protects_the_views(client: Client, capture_server: Any) -> None:
+    with (
+        analytics_settings(capture_server),
+        override_settings(ANALYTICS_QUEUE_ENDPOINT_GUARD=f"{__name__}.token_guard"),
+    ):
+        for route in ("/analytics/health", "/analytics/metrics"):
+            refused = client.get(route)
+            assert refused.status_code == 403 and refused.json() == {"error": "forbidden"}
+            assert client.get(route, HTTP_X_MONITORING_TOKEN="s3cret").status_code == 200
+        assert our_checks() == []
+    with (
+        analytics_settings(capture_server),
+        override_settings(ANALYTICS_QUEUE_ENDPOINT_GUARD="analytics_queue.django.views.staff_only"),
+    ):
+        assert client.get("/analytics/health").status_code == 403  # anonymous: not staff
+
+
+def test_a_bad_endpoint_guard_is_a_system_check_error(client: Client, capture_server: Any) -> None:
+    with (
+        analytics_settings(capture_server),
+        override_settings(ANALYTICS_QUEUE_ENDPOINT_GUARD="no.such.module.guard"),
+    ):
+        assert any(
+            id_ == "analytics_queue.E001" and "ENDPOINT_GUARD" in msg for id_, msg in our_checks()
+        )

@@ -276,3 +276,30 @@ def test_the_url_prefix_is_configurable(make_app: MakeApp) -> None:
 
     no_routes = make_app({"ANALYTICS_QUEUE_URL_PREFIX": None}).test_client()
     assert no_routes.get("/analytics/health").status_code == 404
+
+
+def _token_guard(request: Any) -> bool:
+    return bool(request.headers.get("X-Monitoring-Token") == "s3cret")
+
+
+def test_the_endpoint_guard_protects_health_and_metrics(make_app: MakeApp) -> None:
+    app = make_app({"ANALYTICS_QUEUE_ENDPOINT_GUARD": _token_guard})
+    client = app.test_client()
+    for route in ("/analytics/health", "/analytics/metrics"):
+        refused = client.get(route)
+        assert refused.status_code == 403 and refused.get_json() == {"error": "forbidden"}
+        assert "queued" not in refused.get_data(as_text=True)
+        allowed = client.get(route, headers={"X-Monitoring-Token": "s3cret"})
+        assert allowed.status_code == 200
+    assert client.post("/signup/ada").status_code == 202  # the app's own routes are untouched
+
+
+def test_the_endpoint_guard_may_be_a_dotted_path_and_a_bad_one_is_refused(
+    make_app: MakeApp,
+) -> None:
+    app = make_app({"ANALYTICS_QUEUE_ENDPOINT_GUARD": f"{__name__}._token_guard"})
+    assert app.test_client().get("/analytics/health").status_code == 403
+    with pytest.raises(ValueError, match="ANALYTICS_QUEUE_ENDPOINT_GUARD"):
+        make_app({"ANALYTICS_QUEUE_ENDPOINT_GUARD": "no.such.module.guard"})
+    with pytest.raises(ValueError, match="ANALYTICS_QUEUE_ENDPOINT_GUARD"):
+        make_app({"ANALYTICS_QUEUE_ENDPOINT_GUARD": 42})
