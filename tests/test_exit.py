@@ -184,7 +184,9 @@ def test_the_sigterm_handler_chains_a_previous_handler_then_exits_after_the_drai
         from analytics_queue import AnalyticsQueue
         import sys
         # stderr: stdout's first line is read by the test, and later bytes may sit in its buffer.
-        signal.signal(signal.SIGTERM, lambda signum, frame: print("previous", signum, file=sys.stderr))
+        def previous(signum, frame):
+            print("previous", signum, file=sys.stderr)
+        signal.signal(signal.SIGTERM, previous)
         analytics_queue.install_sigterm_handler()
         q = AnalyticsQueue(flush_interval=60)
         for i in range(20):
