@@ -25,6 +25,13 @@ from analytics_queue._version import __version__
 from analytics_queue._worker import reentry
 from analytics_queue.client import AnalyticsQueue
 from analytics_queue.config import Config
+from analytics_queue.context import (
+    get_tags,
+    identify_context,
+    new_context,
+    set_context_session,
+    tag,
+)
 from analytics_queue.errors import (
     AnalyticsQueueError,
     ConfigurationError,
@@ -51,14 +58,23 @@ __all__ = [
     "ShutdownError",
     "UnserializableError",
     "__version__",
+    "alias",
     "configure",
     "flush",
     "get_default",
     "get_health",
     "get_metrics",
     "get_queue_size",
+    "get_tags",
+    "group_identify",
+    "identify_context",
     "install_sigterm_handler",
+    "new_context",
+    "set",
+    "set_context_session",
+    "set_once",
     "shutdown",
+    "tag",
     "track",
 ]
 
@@ -109,16 +125,94 @@ def configure(**options: Any) -> AnalyticsQueue:
 def track(
     event: str,
     *,
-    distinct_id: Any,
+    distinct_id: Any = None,
     properties: Mapping[str, Any] | None = None,
     timestamp: Any = None,
     uuid: Any = None,
+    groups: Mapping[str, Any] | None = None,
+    disable_geoip: bool | None = None,
 ) -> bool:
     """``track()`` on the default instance."""
     if reentry.active:  # a logging handler fed by our own log lines, maybe mid-construction
         return False
     return get_default().track(
-        event, distinct_id=distinct_id, properties=properties, timestamp=timestamp, uuid=uuid
+        event,
+        distinct_id=distinct_id,
+        properties=properties,
+        timestamp=timestamp,
+        uuid=uuid,
+        groups=groups,
+        disable_geoip=disable_geoip,
+    )
+
+
+def set(  # noqa: A001 - posthog-python's name
+    *,
+    distinct_id: Any = None,
+    properties: Mapping[str, Any] | None = None,
+    timestamp: Any = None,
+    uuid: Any = None,
+    disable_geoip: bool | None = None,
+) -> bool:
+    """``set()`` on the default instance: a ``$set`` event."""
+    if reentry.active:
+        return False
+    return get_default().set(
+        distinct_id=distinct_id,
+        properties=properties,
+        timestamp=timestamp,
+        uuid=uuid,
+        disable_geoip=disable_geoip,
+    )
+
+
+def set_once(
+    *,
+    distinct_id: Any = None,
+    properties: Mapping[str, Any] | None = None,
+    timestamp: Any = None,
+    uuid: Any = None,
+    disable_geoip: bool | None = None,
+) -> bool:
+    """``set_once()`` on the default instance: a ``$set_once`` event."""
+    if reentry.active:
+        return False
+    return get_default().set_once(
+        distinct_id=distinct_id,
+        properties=properties,
+        timestamp=timestamp,
+        uuid=uuid,
+        disable_geoip=disable_geoip,
+    )
+
+
+def alias(
+    previous_id: Any,
+    distinct_id: Any = None,
+    timestamp: Any = None,
+    uuid: Any = None,
+    disable_geoip: bool | None = None,
+) -> bool:
+    """``alias()`` on the default instance: a ``$create_alias`` event."""
+    if reentry.active:
+        return False
+    return get_default().alias(previous_id, distinct_id, timestamp, uuid, disable_geoip)
+
+
+def group_identify(
+    group_type: str,
+    group_key: Any,
+    properties: Mapping[str, Any] | None = None,
+    timestamp: Any = None,
+    uuid: Any = None,
+    disable_geoip: bool | None = None,
+    distinct_id: Any = None,
+) -> bool:
+    """``group_identify()`` on the default instance: a ``$groupidentify`` event."""
+    if reentry.active:
+        return False
+    return get_default().group_identify(
+        group_type, group_key, properties, timestamp, uuid, disable_geoip, distinct_id
     )
 
 

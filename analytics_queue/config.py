@@ -11,6 +11,7 @@ Safe to share between threads: a Config never changes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -50,6 +51,14 @@ class Config:
     environment: str | None = None
     strict: bool = False
     disabled: bool = False
+    disable_geoip: bool = True
+    super_properties: dict[str, Any] | None = None
+    historical_migration: bool = False
+    before_send: Callable[[dict[str, Any]], Any] | None = dataclasses.field(
+        default=None, repr=False
+    )
+    request_context: bool = True
+    request_context_ip: bool = False
 
     @property
     def local(self) -> bool:
@@ -134,6 +143,28 @@ def _optional_str(value: object) -> str | None:
     return value or None
 
 
+def _super_properties(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a dict of properties, got {type(value).__name__}")
+    from analytics_queue.errors import RefusedError
+    from analytics_queue.event import capture_properties
+
+    try:
+        return capture_properties("super_properties", value) or None
+    except RefusedError as exc:
+        raise ValueError(str(exc).removeprefix("event 'super_properties': ")) from None
+
+
+def _callable(value: object) -> Callable[[dict[str, Any]], Any] | None:
+    if value is None:
+        return None
+    if not callable(value):
+        raise ValueError(f"must be a callable or None, got {type(value).__name__}")
+    return value
+
+
 _CHECKS: Final[dict[str, Callable[[object], Any]]] = {
     "api_key": _check_api_key,
     "host": _check_host,
@@ -148,10 +179,21 @@ _CHECKS: Final[dict[str, Callable[[object], Any]]] = {
     "environment": _optional_str,
     "strict": _bool,
     "disabled": _bool,
+    "disable_geoip": _bool,
+    "super_properties": _super_properties,
+    "historical_migration": _bool,
+    "before_send": _callable,
+    "request_context": _bool,
+    "request_context_ip": _bool,
 }
 
+#: Options that only code can give (no environment variable, no framework setting string).
+CODE_ONLY: Final = frozenset({"before_send"})
+
 #: The options read from ``ANALYTICS_QUEUE_<OPTION>``: every option but api_key and host.
-OPTION_NAMES: Final[tuple[str, ...]] = tuple(n for n in _CHECKS if n not in ("api_key", "host"))
+OPTION_NAMES: Final[tuple[str, ...]] = tuple(
+    n for n in _CHECKS if n not in ("api_key", "host") and n not in CODE_ONLY
+)
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -163,6 +205,11 @@ def _parse_env(name: str, text: str) -> object:
     stripped = text.strip()
     if name in ("api_key", "host", "app_version", "environment"):
         return stripped
+    if name == "super_properties":
+        try:
+            return json.loads(stripped) if stripped else None
+        except ValueError:
+            return text
     if isinstance(default, bool):
         if stripped.lower() in _TRUE:
             return True
@@ -213,7 +260,7 @@ def build_config(*, env: Mapping[str, str] | None = None, **options: Any) -> Con
             except ValueError as exc:
                 raise ConfigurationError(f"{name}: {exc}") from None
             continue
-        for env_name in _env_names(name):
+        for env_name in () if name in CODE_ONLY else _env_names(name):
             text = environ.get(env_name)
             if text is None:
                 continue

@@ -92,10 +92,15 @@ class PostHogTransport:
         api_key: the project API key; it goes into the body, never into a message.
         host: the base URL, e.g. ``https://us.i.posthog.com``.
         gzip: compress bodies with ``Content-Encoding: gzip``.
+        historical_migration: mark every batch as a historical import, as posthog-python's
+            option of that name does.
     """
 
-    def __init__(self, api_key: str, host: str, *, gzip: bool = True) -> None:
+    def __init__(
+        self, api_key: str, host: str, *, gzip: bool = True, historical_migration: bool = False
+    ) -> None:
         self._api_key = api_key
+        self._migration = b"true" if historical_migration else b"false"
         self._url = host.rstrip("/") + BATCH_PATH
         self._gzip = gzip
         self._prefix = b'{"api_key":' + json.dumps(api_key).encode() + b',"batch":['
@@ -111,7 +116,9 @@ class PostHogTransport:
             (
                 self._prefix,
                 b",".join(elements),
-                b'],"historical_migration":false,"sent_at":"',
+                b'],"historical_migration":',
+                self._migration,
+                b',"sent_at":"',
                 stamp,
                 b'"}',
             )

@@ -17,6 +17,9 @@ def test_defaults_without_environment() -> None:
     assert (config.batch_size, config.flush_interval, config.max_queue_size) == (10, 5.0, 10_000)
     assert (config.requeue_limit, config.shutdown_timeout, config.timeout) == (5, 5.0, 10.0)
     assert config.gzip and not config.strict and not config.disabled
+    assert config.disable_geoip and not config.historical_migration  # posthog-python's defaults
+    assert config.super_properties is None and config.before_send is None
+    assert config.request_context and not config.request_context_ip
     assert config.api_key is None and config.local
     assert config.host == DEFAULT_HOST
 
@@ -36,6 +39,11 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
         "ANALYTICS_QUEUE_ENVIRONMENT": "staging",
         "ANALYTICS_QUEUE_STRICT": "yes",
         "ANALYTICS_QUEUE_DISABLED": "1",
+        "ANALYTICS_QUEUE_DISABLE_GEOIP": "false",
+        "ANALYTICS_QUEUE_SUPER_PROPERTIES": '{"service": "stories", "region": 3}',
+        "ANALYTICS_QUEUE_HISTORICAL_MIGRATION": "true",
+        "ANALYTICS_QUEUE_REQUEST_CONTEXT": "off",
+        "ANALYTICS_QUEUE_REQUEST_CONTEXT_IP": "on",
     }
     config = build_config(env=env)
     assert config.api_key == "phc_env"
@@ -45,6 +53,9 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
     assert config.shutdown_timeout == 1.5 and config.timeout == 3.0
     assert config.gzip is False and config.strict is True and config.disabled is True
     assert (config.app_version, config.environment) == ("2.0.0", "staging")
+    assert config.disable_geoip is False and config.historical_migration is True
+    assert config.super_properties == {"service": "stories", "region": 3}
+    assert config.request_context is False and config.request_context_ip is True
     assert set(OPTION_NAMES) == {
         n.removeprefix("ANALYTICS_QUEUE_").lower() for n in env if n.startswith("ANALYTICS")
     }
