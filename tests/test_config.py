@@ -85,6 +85,12 @@ def test_explicit_options_win_over_the_environment() -> None:
         ("strict", 1),
         ("host", "us.i.posthog.com"),
         ("api_key", 42),
+        ("disable_geoip", "no"),
+        ("super_properties", ["not", "a", "dict"]),
+        ("super_properties", {"bad": float("nan")}),
+        ("historical_migration", 1),
+        ("before_send", "not callable"),
+        ("request_context", 0),
     ],
 )
 def test_a_bad_explicit_value_raises_value_error(name: str, value: object) -> None:
@@ -130,3 +136,15 @@ def test_validate_options_lists_every_problem() -> None:
     assert len(problems) == 3
     assert any(p.startswith("batch_size") for p in problems)
     assert validate_options({"batch_size": 5, "requeue_limit": None}) == []
+
+
+def test_a_bad_super_properties_environment_value_is_logged_and_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = build_config(env={"ANALYTICS_QUEUE_SUPER_PROPERTIES": "{not json"})
+    assert config.super_properties is None
+    assert "ANALYTICS_QUEUE_SUPER_PROPERTIES" in caplog.text
+
+
+def test_before_send_is_never_read_from_the_environment() -> None:
+    assert build_config(env={"ANALYTICS_QUEUE_BEFORE_SEND": "os.system"}).before_send is None
