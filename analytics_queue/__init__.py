@@ -9,6 +9,10 @@ Or use the default instance, configured from the environment on first use::
     import analytics_queue
     analytics_queue.track("story_generated", distinct_id="user-123")
 
+posthog-python's calls have the same names here: ``set``, ``set_once``, ``alias``,
+``group_identify``, and the context functions ``new_context``, ``tag``, ``identify_context`` and
+``set_context_session`` (see docs/posthog-parity.md).
+
 The module-level functions are safe to call from any thread.
 """
 

@@ -88,6 +88,7 @@ def test_a_failing_hook_drops_the_event_unsent_and_logs_once(
         assert queue.flush(timeout=10)
     assert capture_server.events() == []
     assert queue.metrics().failed_by_reason == {"before_send_error": 3}
+    assert queue.metrics().failure_rate == 100.0  # a broken hook is a failure
     warnings = [r for r in caplog.records if r.name == "analytics_queue.hooks"]
     assert len(warnings) == 1
     assert "a@b.c" not in caplog.text  # no payload above DEBUG
@@ -114,4 +115,7 @@ def test_sampling_recipe_keeps_about_the_rate(
     kept = metrics.delivered
     assert 50 < kept < 160  # 10 % of 1000 page views, plus the signup
     assert metrics.failed_by_reason == {"before_send": 1001 - kept}
+    # Sampling is the app's choice: the pipeline is still healthy.
+    assert metrics.delivery_rate == 100.0 and metrics.failure_rate == 0.0
+    assert queue.health().status == "healthy"
     assert "signup" in {e.event for e in capture_server.wait_for(kept, timeout=10)}
