@@ -63,7 +63,9 @@ class BeforeSend:
             BeforeSendFailed: the hook raised, or returned something that cannot be sent.
             InvalidEventError: the changed event cannot be serialized.
         """
-        element = encoder.to_dict(item)
+        # A copy of every container: tag values and $context_tags are shared by the events of
+        # one context, and a hook that changes them in place must change only this event.
+        element: dict[str, Any] = _convert(encoder.to_dict(item), ())[0]
         try:
             result = self._hook(element)
         except Exception as exc:

@@ -119,3 +119,24 @@ def test_sampling_recipe_keeps_about_the_rate(
     assert metrics.delivery_rate == 100.0 and metrics.failure_rate == 0.0
     assert queue.health().status == "healthy"
     assert "signup" in {e.event for e in capture_server.wait_for(kept, timeout=10)}
+
+
+def test_a_hook_that_changes_context_values_in_place_changes_one_event_only(
+    make_queue: MakeQueue, capture_server: CaptureServer
+) -> None:
+    import analytics_queue
+
+    def mangle(event: dict[str, Any]) -> dict[str, Any]:
+        event["properties"]["$context_tags"].append("mangled")
+        event["properties"]["request"]["seen"] = True
+        return event
+
+    queue = make_queue(before_send=mangle)
+    with analytics_queue.new_context():
+        analytics_queue.tag("request", {"id": "r-1"})
+        assert queue.track("first", distinct_id="u")
+        assert queue.track("second", distinct_id="u")
+    assert queue.flush(timeout=10)
+    for event in capture_server.wait_for(2, timeout=10):
+        assert event.properties["$context_tags"] == ["request", "mangled"]
+        assert event.properties["request"] == {"id": "r-1", "seen": True}
