@@ -11,6 +11,7 @@ Safe to share between threads: a Config never changes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -41,7 +42,7 @@ class OptionSpec:
         default: the value when the option is given nowhere.
         check: validates an explicit value and returns it normalised; raises ``ValueError``.
         parse: turns an environment string into a value for ``check``.
-        env: the environment variables read, first found wins.
+        env: the environment variables read, first found wins (none for a callable).
         flask_key: the ``app.config`` key.
         django_setting: where Django settings give it: a setting name, or a key of the
             ``ANALYTICS_QUEUE`` dict (``ANALYTICS_QUEUE["batch_size"]``).
@@ -68,6 +69,7 @@ class _Meta:
     doc: str
     none_means: str | None
     posthog_name: bool
+    code_only: bool
 
 
 def _option(
@@ -78,9 +80,10 @@ def _option(
     *,
     none_means: str | None = None,
     posthog_name: bool = False,
+    code_only: bool = False,
     repr: bool = True,
 ) -> Any:
-    meta = _Meta(check, parse, doc, none_means, posthog_name)
+    meta = _Meta(check, parse, doc, none_means, posthog_name, code_only)
     return dataclasses.field(default=default, repr=repr, metadata={"option": meta})
 
 
@@ -161,6 +164,28 @@ def _optional_str(value: object) -> str | None:
     return value or None
 
 
+def _super_properties(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a dict of properties, got {type(value).__name__}")
+    from analytics_queue.errors import RefusedError
+    from analytics_queue.event import capture_properties
+
+    try:
+        return capture_properties("super_properties", value) or None
+    except RefusedError as exc:
+        raise ValueError(str(exc).removeprefix("event 'super_properties': ")) from None
+
+
+def _callable(value: object) -> Callable[[dict[str, Any]], Any] | None:
+    if value is None:
+        return None
+    if not callable(value):
+        raise ValueError(f"must be a callable or None, got {type(value).__name__}")
+    return value
+
+
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
@@ -194,6 +219,18 @@ def _bool_text(text: str) -> object:
 
 def _limit_text(text: str) -> object:
     return None if text.strip().lower() in ("", "none", "all") else _int_text(text)
+
+
+def _json_text(text: str) -> object:
+    stripped = text.strip()
+    try:
+        return json.loads(stripped) if stripped else None
+    except ValueError:
+        return text
+
+
+def _no_text(text: str) -> object:
+    raise ValueError("is set by code only")  # pragma: no cover - never read from a string
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +280,29 @@ class Config:
         False, _bool, _bool_text, "refusals raise from track() instead of returning False"
     )
     disabled: bool = _option(False, _bool, _bool_text, "track() is a no-op that returns False")
+    disable_geoip: bool = _option(
+        True, _bool, _bool_text, "send $geoip_disable: PostHog does not geolocate server IPs"
+    )
+    super_properties: dict[str, Any] | None = _option(
+        None, _super_properties, _json_text, "properties added to every event (a JSON object)"
+    )
+    historical_migration: bool = _option(
+        False, _bool, _bool_text, "mark batches as a historical import (posthog-python's flag)"
+    )
+    before_send: Callable[[dict[str, Any]], Any] | None = _option(
+        None,
+        _callable,
+        _no_text,
+        "called on the worker with each event as a dict; returns it, changed, or None to drop",
+        code_only=True,
+        repr=False,
+    )
+    request_context: bool = _option(
+        True, _bool, _bool_text, "Flask and Django: a context per request ($current_url, ...)"
+    )
+    request_context_ip: bool = _option(
+        False, _bool, _bool_text, "add the client's $ip to the request context (personal data)"
+    )
 
     @property
     def local(self) -> bool:
@@ -258,7 +318,7 @@ def _spec(field: dataclasses.Field[Any]) -> OptionSpec:
         env = ("POSTHOG_" + upper, ENV_PREFIX + upper)
         flask_key = django_setting = "POSTHOG_" + upper
     else:
-        env = (ENV_PREFIX + upper,)
+        env = () if meta.code_only else (ENV_PREFIX + upper,)
         flask_key = ENV_PREFIX + upper
         django_setting = f'ANALYTICS_QUEUE["{field.name}"]'
     return OptionSpec(

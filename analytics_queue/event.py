@@ -13,8 +13,9 @@ caller's objects (a hostile ``__repr__`` could block ``track()``): they show typ
 values the library made itself, cut to a readable length.
 
 ``EventEncoder`` runs on the worker: it turns a queued tuple into the JSON bytes of one element of
-PostHog's ``batch`` array, enriched with ``$lib``, ``$lib_version``, ``queued_at`` and the
-configured ``app_version`` and ``environment``.
+PostHog's ``batch`` array, enriched as posthog-python enriches it (``$lib``, ``$geoip_disable``,
+``$is_server``, super properties...) plus ``queued_at`` and the configured ``app_version`` and
+``environment``; a ``before_send`` hook, when set, sees and may change each event first.
 
 Pure functions and an immutable encoder: safe to call from any thread.
 """
@@ -26,11 +27,14 @@ import datetime as dt
 import enum
 import json
 import math
+import os
+import platform
+import sys
 import uuid as uuid_module
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from json.encoder import encode_basestring
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from analytics_queue._version import __version__
 from analytics_queue.errors import (
@@ -39,6 +43,9 @@ from analytics_queue.errors import (
     RefusedError,
     UnserializableError,
 )
+
+if TYPE_CHECKING:
+    from analytics_queue.hooks import BeforeSend
 
 #: PostHog's capture service refuses an event over about 1 MB; we stay clear of it.
 MAX_EVENT_BYTES: Final = 900 * 1024
@@ -72,7 +79,8 @@ class QueuedEvent(NamedTuple):
 
     ``uuid`` is the caller's uuid as a canonical str, or a random 128-bit int that the worker
     formats as a version-4 UUID; ``timestamp`` is None when it equals ``tracked_at``;
-    ``size`` estimates its serialized bytes (for the queue's byte bound).
+    ``size`` estimates its serialized bytes (for the queue's byte bound); ``options`` is None
+    for a plain ``track()`` event with the instance's defaults.
     """
 
     event: str
@@ -81,7 +89,22 @@ class QueuedEvent(NamedTuple):
     timestamp: dt.datetime | None
     uuid: str | int
     tracked_at: float
+    options: EventOptions | None = None
     size: int = 0
+
+
+class EventOptions(NamedTuple):
+    """What makes an event other than a plain ``track()`` one.
+
+    ``disable_geoip``: the call's ``disable_geoip`` (None: the instance's); ``system``: whether
+    the event gets the runtime properties (``$python_version``, ``$os``...), as posthog-python
+    gives them to captured events only; ``top_level``: members beside ``properties``, such as
+    ``$set`` of a ``$set`` event.
+    """
+
+    disable_geoip: bool | None = None
+    system: bool = True
+    top_level: dict[str, Any] | None = None
 
 
 def _path(parts: tuple[object, ...]) -> str:
@@ -421,35 +444,167 @@ def isoformat(epoch: float) -> str:
     return f"{prefix}.{micro:06d}+00:00"
 
 
+def system_properties() -> dict[str, Any]:
+    """The runtime properties posthog-python adds to every captured event.
+
+    ``$python_runtime``, ``$python_version``, ``$os``, ``$os_version`` and, on Linux,
+    ``$os_distro``, with posthog-python's values (its Linux figures come from the os-release
+    file, read here through the standard library). Read once per encoder, never per event.
+    """
+    props: dict[str, Any] = {
+        "$python_runtime": platform.python_implementation(),
+        "$python_version": "{}.{}.{}".format(*sys.version_info[:3]),
+    }
+    name, version, distro = _os_info(sys.platform)
+    props["$os"] = name
+    props["$os_version"] = version
+    if distro:
+        props["$os_distro"] = distro
+    return props
+
+
+def _os_info(platform_name: str) -> tuple[str, str, str]:
+    if platform_name.startswith("win"):
+        return "Windows", platform.win32_ver()[0] or "", ""
+    if platform_name == "darwin":
+        return "Mac OS X", platform.mac_ver()[0] or "", ""
+    if platform_name.startswith("linux"):
+        try:
+            release = platform.freedesktop_os_release()
+        except OSError:
+            return "Linux", "", ""
+        return "Linux", release.get("VERSION_ID", ""), release.get("NAME", "")
+    if platform_name.startswith("freebsd"):
+        return "FreeBSD", platform.release(), ""
+    return platform_name, platform.release(), ""
+
+
+def release_id() -> str | None:
+    """``POSTHOG_RELEASE_ID`` as posthog-python reads it: trimmed, blank meaning unset."""
+    raw = os.environ.get("POSTHOG_RELEASE_ID")
+    return None if raw is None else (raw.strip() or None)
+
+
+class _Layer(NamedTuple):
+    """The enrichment of one kind of event, as a dict and as JSON members."""
+
+    over: dict[str, Any]  # wins over the caller's properties
+    over_json: str
+    keys: frozenset[str]  # every key the enrichment sets, "queued_at" included
+
+
 class EventEncoder:
     """Serializes queued events into the JSON bytes of PostHog batch elements.
+
+    The properties of an event are merged in posthog-python's order, each layer over the one
+    before: ``app_version``, ``environment``, ``queued_at`` and ``$release_id``; the caller's
+    properties (with the context's tags under them); the runtime properties (captured events
+    only); ``$lib`` and ``$lib_version``; ``$geoip_disable: true`` (unless GeoIP is on for the
+    event); ``super_properties``; ``$is_server: true``.
 
     Args:
         app_version: added to every event's properties as ``app_version`` when set.
         environment: added as ``environment`` when set.
+        disable_geoip: add ``$geoip_disable: true`` unless an event says otherwise (True).
+        super_properties: properties merged over every event's own, as posthog-python does.
+        before_send: called with each event as a dict on the worker; see :mod:`.hooks`.
 
     Immutable after construction; safe to share between threads.
     """
 
-    __slots__ = ("_dumps", "_static", "_static_json", "_static_keys")
+    __slots__ = (
+        "_before_send",
+        "_default_geoip_off",
+        "_defaults",
+        "_defaults_json",
+        "_dumps",
+        "_layers",
+    )
 
-    def __init__(self, app_version: str | None = None, environment: str | None = None) -> None:
-        static: dict[str, Any] = {"$lib": LIB_NAME, "$lib_version": __version__}
-        if app_version is not None:
-            static["app_version"] = app_version
-        if environment is not None:
-            static["environment"] = environment
-        self._static = static
-        self._static_keys = frozenset(static) | {"queued_at"}
+    def __init__(
+        self,
+        app_version: str | None = None,
+        environment: str | None = None,
+        *,
+        disable_geoip: bool = True,
+        super_properties: Mapping[str, Any] | None = None,
+        before_send: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> None:
         self._dumps = json.JSONEncoder(
             ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
         ).encode
-        # The enrichment as JSON members, written once: '"$lib":"analytics_queue",...'.
-        self._static_json = self._dumps(static)[1:-1]
+        defaults: dict[str, Any] = {}
+        if app_version is not None:
+            defaults["app_version"] = app_version
+        if environment is not None:
+            defaults["environment"] = environment
+        release = release_id()
+        if release is not None:
+            defaults["$release_id"] = release
+        self._defaults = defaults
+        # Written once: '"app_version":"2.0",...'; queued_at follows it.
+        self._defaults_json = self._dumps(defaults)[1:-1] + ("," if defaults else "")
+        supers = dict(super_properties or {})
+        system = system_properties()
+        self._layers: dict[tuple[bool, bool], _Layer] = {}
+        for with_system in (True, False):
+            for geoip_off in (True, False):
+                over: dict[str, Any] = dict(system) if with_system else {}
+                over["$lib"] = LIB_NAME
+                over["$lib_version"] = __version__
+                if geoip_off:
+                    over["$geoip_disable"] = True
+                over.update(supers)
+                over["$is_server"] = True
+                keys = frozenset(defaults) | frozenset(over) | {"queued_at"}
+                self._layers[with_system, geoip_off] = _Layer(over, self._dumps(over)[1:-1], keys)
+        self._default_geoip_off = disable_geoip
+        self._before_send: BeforeSend | None = None
+        if before_send is not None:
+            from analytics_queue.hooks import BeforeSend
+
+            self._before_send = BeforeSend(before_send)
 
     def uuid_of(self, item: QueuedEvent) -> str:
         """The event's uuid as sent on the wire."""
         return item.uuid if type(item.uuid) is str else format_uuid4(int(item.uuid))
+
+    def _layer(self, options: EventOptions | None) -> _Layer:
+        if options is None:
+            return self._layers[True, self._default_geoip_off]
+        geoip_off = (
+            self._default_geoip_off if options.disable_geoip is None else options.disable_geoip
+        )
+        return self._layers[options.system, geoip_off]
+
+    def _timestamps(self, item: QueuedEvent) -> tuple[str, str]:
+        queued_at = isoformat(item.tracked_at)
+        timestamp = (
+            queued_at
+            if item.timestamp is None
+            else item.timestamp.isoformat(timespec="microseconds")
+        )
+        return queued_at, timestamp
+
+    def to_dict(self, item: QueuedEvent) -> dict[str, Any]:
+        """The batch element of ``item`` as a dict (what ``before_send`` receives)."""
+        queued_at, timestamp = self._timestamps(item)
+        layer = self._layer(item.options)
+        element: dict[str, Any] = {
+            "event": item.event,
+            "distinct_id": item.distinct_id,
+            "properties": {
+                **self._defaults,
+                "queued_at": queued_at,
+                **item.properties,
+                **layer.over,
+            },
+            "timestamp": timestamp,
+            "uuid": self.uuid_of(item),
+        }
+        if item.options is not None and item.options.top_level:
+            element.update(item.options.top_level)
+        return element
 
     def encode(self, item: QueuedEvent) -> bytes:
         """One batch element as UTF-8 JSON bytes.
@@ -457,26 +612,31 @@ class EventEncoder:
         Raises:
             InvalidEventError: a str holds a lone surrogate (not valid UTF-8).
             OversizeError: the element is over :data:`MAX_EVENT_BYTES`.
+            RefusedError: ``before_send`` dropped the event (reason ``before_send``) or
+                failed on it (``before_send_error``).
         """
-        queued_at = isoformat(item.tracked_at)
-        timestamp = (
-            queued_at
-            if item.timestamp is None
-            else item.timestamp.isoformat(timespec="microseconds")
-        )
+        if self._before_send is not None:
+            return self._check_size(item.event, self._before_send.run(self, item))
+        queued_at, timestamp = self._timestamps(item)
         try:
             props = item.properties
-            if self._static_keys.isdisjoint(props):
-                members = f'{self._static_json},"queued_at":"{queued_at}"'
+            layer = self._layer(item.options)
+            if layer.keys.isdisjoint(props):
+                members = f'{self._defaults_json}"queued_at":"{queued_at}",{layer.over_json}'
                 if props:
                     members += "," + self._dumps(props)[1:-1]
-            else:  # the caller set an enrichment key: theirs wins, with no duplicate key
-                members = self._dumps({**self._static, "queued_at": queued_at, **props})[1:-1]
+            else:  # the caller set an enrichment key: merge in order, with no duplicate key
+                members = self._dumps(
+                    {**self._defaults, "queued_at": queued_at, **props, **layer.over}
+                )[1:-1]
+            top = ""
+            if item.options is not None and item.options.top_level:
+                top = "," + self._dumps(item.options.top_level)[1:-1]
             text = (
                 f'{{"event":{encode_basestring(item.event)},'
                 f'"distinct_id":{encode_basestring(item.distinct_id)},'
                 f'"properties":{{{members}}},'
-                f'"timestamp":"{timestamp}","uuid":"{self.uuid_of(item)}"}}'
+                f'"timestamp":"{timestamp}","uuid":"{self.uuid_of(item)}"{top}}}'
             )
             data = text.encode("utf-8")
         except UnicodeEncodeError:
@@ -485,9 +645,28 @@ class EventEncoder:
             ) from None
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidEventError(f"event {shown(item.event)}: {exc}") from None
+        return self._check_size(item.event, data)
+
+    def dumps_element(self, event: str, element: dict[str, Any]) -> bytes:
+        """JSON bytes of a batch element given as a JSON-native dict.
+
+        Raises:
+            InvalidEventError: not serializable (a lone surrogate, NaN).
+        """
+        try:
+            return self._dumps(element).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEventError(
+                f"event {shown(event)}: a string is not valid Unicode (lone surrogate)"
+            ) from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidEventError(f"event {shown(event)}: {exc}") from None
+
+    @staticmethod
+    def _check_size(event: str, data: bytes) -> bytes:
         if len(data) > MAX_EVENT_BYTES:
             raise OversizeError(
-                f"event {shown(item.event)}: {len(data)} bytes serialized, over the "
+                f"event {shown(event)}: {len(data)} bytes serialized, over the "
                 f"{MAX_EVENT_BYTES}-byte limit of one event"
             )
         return data

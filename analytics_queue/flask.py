@@ -37,7 +37,16 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 try:
-    from flask import Blueprint, Flask, Response, current_app, has_app_context, jsonify, request
+    from flask import (
+        Blueprint,
+        Flask,
+        Response,
+        current_app,
+        g,
+        has_app_context,
+        jsonify,
+        request,
+    )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "analytics_queue.flask needs Flask: pip install 'analytics-queue[flask]'"
@@ -48,6 +57,7 @@ from werkzeug.utils import import_string
 from analytics_queue import AnalyticsQueue
 from analytics_queue.config import OPTIONS, OPTIONS_BY_NAME, validate_options
 from analytics_queue.prometheus import CONTENT_TYPE, choose_format, render_text
+from analytics_queue.request_context import RequestInfo, close_scope, open_scope
 
 __all__ = ["DEFAULT_URL_PREFIX", "EXTENSION_KEY", "FlaskAnalytics", "config_key"]
 
@@ -86,6 +96,15 @@ class FlaskAnalytics:
     - ``ANALYTICS_QUEUE_ENVIRONMENT``: None.
     - ``ANALYTICS_QUEUE_STRICT``: False.
     - ``ANALYTICS_QUEUE_DISABLED``: False.
+    - ``ANALYTICS_QUEUE_DISABLE_GEOIP``: True; ``ANALYTICS_QUEUE_SUPER_PROPERTIES``: None;
+      ``ANALYTICS_QUEUE_HISTORICAL_MIGRATION``: False; ``ANALYTICS_QUEUE_BEFORE_SEND``: None.
+    - ``ANALYTICS_QUEUE_REQUEST_CONTEXT``: True: each request runs in a fresh context (see
+      :mod:`analytics_queue.context`) tagged with ``$current_url``, ``$request_method``,
+      ``$request_path`` and ``$user_agent``, with ``$session_id`` from the
+      ``X-POSTHOG-SESSION-ID`` header and the distinct id from ``X-POSTHOG-DISTINCT-ID``, so
+      ``analytics.track("clicked")`` needs no distinct id there.
+    - ``ANALYTICS_QUEUE_REQUEST_CONTEXT_IP``: False; True adds ``request.remote_addr`` as
+      ``$ip`` (personal data: opt in knowingly).
     - ``ANALYTICS_QUEUE_URL_PREFIX``: ``"/analytics"``, the prefix of the health and metrics
       routes; ``None`` registers no blueprint.
     - ``ANALYTICS_QUEUE_ENDPOINT_GUARD``: None (the routes answer anyone), or a callable (or its
@@ -149,6 +168,9 @@ class FlaskAnalytics:
 
         queue = AnalyticsQueue(**options)
         app.extensions[EXTENSION_KEY] = queue
+        if queue.config.request_context:
+            app.before_request(_open_request_context)
+            app.teardown_request(_close_request_context)
         if url_prefix is not None:
             app.register_blueprint(_blueprint(url_prefix.rstrip("/"), guard))
         return queue
@@ -184,10 +206,12 @@ class FlaskAnalytics:
         self,
         event: str,
         *,
-        distinct_id: str | int | uuid_module.UUID,
+        distinct_id: str | int | uuid_module.UUID | None = None,
         properties: Mapping[str, Any] | None = None,
         timestamp: dt.datetime | str | None = None,
         uuid: str | uuid_module.UUID | None = None,
+        groups: Mapping[str, Any] | None = None,
+        disable_geoip: bool | None = None,
     ) -> bool:
         """Queue an event on the current app's AnalyticsQueue; see ``AnalyticsQueue.track``.
 
@@ -198,12 +222,42 @@ class FlaskAnalytics:
             RuntimeError: no application context, or ``init_app`` was never called.
         """
         return self.get_queue().track(
-            event, distinct_id=distinct_id, properties=properties, timestamp=timestamp, uuid=uuid
+            event,
+            distinct_id=distinct_id,
+            properties=properties,
+            timestamp=timestamp,
+            uuid=uuid,
+            groups=groups,
+            disable_geoip=disable_geoip,
         )
 
     def flush(self, timeout: float | None = None) -> bool:
         """Flush the current app's AnalyticsQueue; see ``AnalyticsQueue.flush``."""
         return self.get_queue().flush(timeout)
+
+
+_SCOPE_KEY: Final = "_analytics_queue_scope"
+
+
+def _open_request_context() -> None:
+    queue = current_app.extensions.get(EXTENSION_KEY)
+    if not isinstance(queue, AnalyticsQueue):
+        return
+    info = RequestInfo(
+        url=request.base_url,  # without the query string
+        method=request.method,
+        path=request.path,
+        user_agent=request.headers.get("User-Agent"),
+        ip=request.remote_addr,
+        header=request.headers.get,
+    )
+    setattr(g, _SCOPE_KEY, open_scope(info, with_ip=queue.config.request_context_ip))
+
+
+def _close_request_context(exc: BaseException | None) -> None:
+    token = g.pop(_SCOPE_KEY, None)
+    if token is not None:
+        close_scope(token)
 
 
 def _current_queue() -> AnalyticsQueue:

@@ -137,6 +137,8 @@ class PostHogTransport:
         host: the base URL, e.g. ``https://us.i.posthog.com``.
         gzip: compress bodies with ``Content-Encoding: gzip``.
         environ: where proxy and CA settings are read (default ``os.environ``).
+        historical_migration: mark every batch as a historical import, as posthog-python's
+            option of that name does.
     """
 
     def __init__(
@@ -146,8 +148,10 @@ class PostHogTransport:
         *,
         gzip: bool = True,
         environ: Mapping[str, str] | None = None,
+        historical_migration: bool = False,
     ) -> None:
         self._api_key = api_key
+        self._migration = b"true" if historical_migration else b"false"
         self._host = host.rstrip("/")
         self._url = self._host + BATCH_PATH
         self._gzip = gzip
@@ -170,7 +174,9 @@ class PostHogTransport:
             (
                 self._prefix,
                 b",".join(elements),
-                b'],"historical_migration":false,"sent_at":"',
+                b'],"historical_migration":',
+                self._migration,
+                b',"sent_at":"',
                 stamp,
                 b'"}',
             )

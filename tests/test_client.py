@@ -226,7 +226,7 @@ def test_a_bad_event_is_refused_and_takes_no_good_event_with_it(
         queue.track("good", distinct_id="u", properties={"n": 3}),
         queue.track("big", distinct_id="u", properties={"s": "x" * (2 * 1024 * 1024)}),
         queue.track("", distinct_id="u"),
-        queue.track("good", distinct_id=None),
+        queue.track("good", distinct_id=["not", "an", "id"]),
         queue.track("good", distinct_id="u", properties={"n": 4}),
     ]
     assert results == [True, False, True, False, True, False, False, False, True]
@@ -246,7 +246,7 @@ def test_strict_mode_raises_naming_the_event_and_the_path(make_queue: MakeQueue)
     with pytest.raises(OversizeError):
         queue.track("clicked", distinct_id="u", properties={"s": "x" * (2 * 1024 * 1024)})
     with pytest.raises(InvalidEventError):
-        queue.track("clicked", distinct_id="")
+        queue.track("clicked", distinct_id=3.5)
     assert isinstance(UnserializableError("x"), TypeError)
     assert queue.metrics().refused_by_reason == {"invalid": 3, "oversize": 1}
 
