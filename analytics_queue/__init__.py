@@ -20,6 +20,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from analytics_queue._flushing import flushing
 from analytics_queue._lifecycle import install_sigterm_handler
 from analytics_queue._version import __version__
 from analytics_queue._worker import reentry
@@ -53,6 +54,7 @@ __all__ = [
     "__version__",
     "configure",
     "flush",
+    "flushing",
     "get_default",
     "get_health",
     "get_metrics",

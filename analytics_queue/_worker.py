@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
-from analytics_queue import _lifecycle
+from analytics_queue import _lifecycle, _multiprocessing
 from analytics_queue.errors import RefusedError
 from analytics_queue.event import EventEncoder, QueuedEvent
 from analytics_queue.metrics import Counters, ErrorRecord
@@ -193,6 +193,7 @@ class Worker:
         thread = threading.Thread(target=self._run, name=WORKER_NAME, daemon=True)
         # Held by the exit drain while it may hold events, even if its client is collected.
         _lifecycle.keep(self)
+        _multiprocessing.register_exit_drain()  # multiprocessing children skip atexit
         try:
             thread.start()
         except RuntimeError as exc:
