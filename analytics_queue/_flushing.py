@@ -48,13 +48,25 @@ def flushing(
     try:
         yield
     finally:
-        target = instance if instance is not None else _existing_default()
-        if target is not None:
-            try:
-                if not target.flush(timeout):
-                    logger.debug("flushing(): events were still waiting at the deadline")
-            except Exception:
-                logger.exception("analytics_queue: flushing() failed")
+        flush_quietly(timeout, instance)
+
+
+def flush_quietly(timeout: float | None, instance: AnalyticsQueue | None) -> bool:
+    """Flush ``instance`` (or the default instance, if one was made); never raises.
+
+    Returns True when everything tracked before the call reached a final state in time.
+    """
+    target = instance if instance is not None else _existing_default()
+    if target is None:
+        return True
+    try:
+        done = target.flush(timeout)
+    except Exception:
+        logger.exception("analytics_queue: flush failed")
+        return False
+    if not done:
+        logger.debug("events were still waiting at the flush deadline")
+    return done
 
 
 def _existing_default() -> AnalyticsQueue | None:
