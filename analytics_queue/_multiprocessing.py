@@ -20,6 +20,7 @@ the first call may register the drain twice, and the drain runs once per process
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from typing import Final
@@ -60,4 +61,9 @@ def _drain() -> None:
     if _drained_pid == pid:
         return
     _drained_pid = pid
-    _lifecycle.drain_at_exit()
+    try:
+        _lifecycle.drain_at_exit()
+    finally:
+        # A spawn child runs atexit after this: the drain is done, and must not retry (and
+        # spend the exit budget again) when the server is down.
+        atexit.unregister(_lifecycle.drain_at_exit)

@@ -145,3 +145,54 @@ def test_a_terminated_pool_delivers_what_flushing_tasks_tracked(
         "terminate",
         "@analytics_queue.flushing(timeout=10)",
     )
+
+
+SERVER_DOWN = """
+import logging
+logging.basicConfig(level=logging.WARNING)  # at import: a spawn child runs this part too
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    results = ctx.Queue()
+    child = ctx.Process(target=process_work, args=(10, results))
+    child.start()
+    tracked = results.get(timeout=60)
+    started = time.monotonic()
+    child.join(60)
+    print(json.dumps({"tracked": tracked, "seconds": time.monotonic() - started,
+                      "exitcode": child.exitcode}))
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_child_spends_one_exit_budget_when_the_server_is_down(
+    method: str, capture_server: CaptureServer, tmp_path: Path
+) -> None:
+    # A spawn child runs both multiprocessing's exit step and atexit: the drain runs once.
+    capture_server.down()
+    script = tmp_path / "app.py"
+    script.write_text(PROLOGUE + textwrap.dedent(SERVER_DOWN), encoding="utf-8")
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("POSTHOG_", "ANALYTICS_QUEUE_"))
+    }
+    env.update(
+        POSTHOG_API_KEY=KEY,
+        POSTHOG_HOST=capture_server.url,
+        ANALYTICS_QUEUE_SHUTDOWN_TIMEOUT="2",
+        PYTHONWARNINGS="error",
+    )
+    result = subprocess.run(
+        [sys.executable, str(script), method],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["exitcode"] == 0, result.stderr
+    assert summary["seconds"] < 2 + 1.5, result.stderr  # one budget of 2 s, not two
+    assert result.stderr.count("could not be delivered before exit") == 1, result.stderr
