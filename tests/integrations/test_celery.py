@@ -179,3 +179,35 @@ def test_a_cold_shutdown_delivers_what_flush_after_task_flushed(
         "terminate",
         "analytics_queue.celery.setup(flush_after_task=True)",
     )
+
+
+def test_setup_refuses_a_negative_timeout() -> None:
+    import analytics_queue.celery
+
+    with pytest.raises(ValueError, match="timeout"):
+        analytics_queue.celery.setup(timeout=-1)
+
+
+def test_flush_after_task_flushes_the_given_instance_at_task_postrun(
+    capture_server: CaptureServer,
+) -> None:
+    from celery import signals
+
+    import analytics_queue.celery
+    from analytics_queue import AnalyticsQueue
+
+    queue = AnalyticsQueue(api_key=KEY, host=capture_server.url, flush_interval=60, batch_size=1000)
+    try:
+        analytics_queue.celery.setup(flush_after_task=True, timeout=5, instance=queue)
+        queue.track("in_task", distinct_id="u")
+        signals.task_postrun.send(sender=None)
+        assert len(capture_server.events("in_task")) == 1
+
+        analytics_queue.celery.setup()  # flush_after_task=False disconnects it again
+        queue.track("after_setup_again", distinct_id="u")
+        signals.task_postrun.send(sender=None)
+        assert capture_server.events("after_setup_again") == []
+    finally:
+        analytics_queue.celery.setup()
+        signals.worker_process_shutdown.disconnect(dispatch_uid="analytics_queue.celery")
+        queue.shutdown(timeout=2)

@@ -151,3 +151,18 @@ def test_a_worker_stopped_with_term_after_its_jobs_delivers_every_event(
     log = log_path.read_text()
     assert returncode == 0, log
     check_and_record(capture_server, tracked, seconds, log, "TERM", "analytics_queue.rq.setup()")
+
+
+def test_setup_wraps_perform_job_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rq
+
+    import analytics_queue.rq
+
+    original = rq.Worker.perform_job
+    monkeypatch.setattr(rq.Worker, "perform_job", original)  # restored after the test
+    analytics_queue.rq.setup()
+    wrapped = rq.Worker.perform_job
+    analytics_queue.rq.setup()
+    assert rq.Worker.perform_job is wrapped
+    assert wrapped is not original
+    assert wrapped.__wrapped__ is original  # type: ignore[attr-defined]
