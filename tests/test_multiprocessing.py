@@ -62,6 +62,17 @@ if __name__ == "__main__":
     print(json.dumps({"tracked": tracked, "seconds": time.monotonic() - started, "exitcode": 0}))
 """
 
+PROCESS_POOL_EXECUTOR = """
+from concurrent.futures import ProcessPoolExecutor
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    with ProcessPoolExecutor(4, mp_context=ctx) as executor:
+        tracked = sum(executor.map(work, [PER_CHILD] * 4))
+        started = time.monotonic()
+    print(json.dumps({"tracked": tracked, "seconds": time.monotonic() - started, "exitcode": 0}))
+"""
+
 POOL_TERMINATE_FLUSHING = """
 @analytics_queue.flushing(timeout=10)
 def flushed_work(n):
@@ -130,6 +141,20 @@ def test_events_of_pool_workers_are_delivered_after_close_and_join(
     summary = run_children(POOL_CLOSE_JOIN, method, capture_server, tmp_path)
     check_and_record(
         capture_server, summary, f"multiprocessing.Pool(4) ({method})", "normal", "nothing"
+    )
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_events_of_process_pool_executor_workers_are_delivered_at_its_shutdown(
+    method: str, capture_server: CaptureServer, tmp_path: Path
+) -> None:
+    summary = run_children(PROCESS_POOL_EXECUTOR, method, capture_server, tmp_path)
+    check_and_record(
+        capture_server,
+        summary,
+        f"concurrent.futures.ProcessPoolExecutor(4) ({method})",
+        "normal",
+        "nothing",
     )
 
 
