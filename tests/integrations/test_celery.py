@@ -76,8 +76,13 @@ def run_worker(
     hookup: str,
     stop: signal.Signals,
     worker_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
+    delivered_before_stop: bool = False,
 ) -> Outcome:
-    """Start a prefork worker, run the tasks to completion, stop the worker with ``stop``."""
+    """Start a prefork worker, run the tasks to completion, stop the worker with ``stop``.
+
+    With ``delivered_before_stop``, the worker is stopped only once every event arrived.
+    """
     (tmp_path / "tasks.py").write_text(textwrap.dedent(TASKS_MODULE), encoding="utf-8")
     with running_redis(tmp_path) as socket_path:
         url = f"redis+socket://{socket_path}"
@@ -92,6 +97,7 @@ def run_worker(
             TEST_BROKER=url,
             TEST_HOOKUP=hookup,
             PYTHONPATH=str(tmp_path),
+            **(extra_env or {}),
         )
         log_path = tmp_path / "worker.log"
         with log_path.open("w") as log:
@@ -113,6 +119,8 @@ def run_worker(
                     client.send_task("tasks.track_events", args=(k, PER_TASK)) for k in range(TASKS)
                 ]
                 tracked = sum(int(result.get(timeout=60)) for result in results)
+                if delivered_before_stop:
+                    server.wait_for(tracked, timeout=30)
                 started = time.monotonic()
                 worker.send_signal(stop)
                 returncode = worker.wait(timeout=60)
@@ -171,7 +179,17 @@ def test_a_cold_shutdown_delivers_what_flush_after_task_flushed(
     capture_server: CaptureServer, tmp_path: Path
 ) -> None:
     # QUIT is Celery's cold shutdown: the pool's children are terminated, no signal is sent.
-    outcome = run_worker(tmp_path, capture_server, hookup="flush_after_task", stop=signal.SIGQUIT)
+    # Celery stores a task's result before task_postrun, so the flush after the task may still
+    # be running when the result is read: stop once the events arrived, as they do within the
+    # flush's timeout. With a 60 s flush interval, only the flush after each task sends them.
+    outcome = run_worker(
+        tmp_path,
+        capture_server,
+        hookup="flush_after_task",
+        stop=signal.SIGQUIT,
+        extra_env={"ANALYTICS_QUEUE_FLUSH_INTERVAL": "60"},
+        delivered_before_stop=True,
+    )
     check_and_record(
         capture_server,
         outcome,
