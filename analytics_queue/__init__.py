@@ -24,6 +24,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from analytics_queue._flushing import flushing
 from analytics_queue._guard import guarded, inside
 from analytics_queue._lifecycle import install_sigterm_handler
 from analytics_queue._version import __version__
@@ -65,6 +66,7 @@ __all__ = [
     "alias",
     "configure",
     "flush",
+    "flushing",
     "get_default",
     "get_health",
     "get_metrics",

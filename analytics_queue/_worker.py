@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from analytics_queue import _lifecycle
+from analytics_queue import _lifecycle, _multiprocessing
 from analytics_queue._buffer import EventBuffer
 from analytics_queue._delivery import Decision, DeliveryPolicy, Verdict
 from analytics_queue._guard import guarded, inside
@@ -146,6 +146,7 @@ class Worker:
         thread = threading.Thread(target=self._run, name=WORKER_NAME, daemon=True)
         # Held by the exit drain while it may hold events, even if its client is collected.
         _lifecycle.keep(self)
+        _multiprocessing.register_exit_drain()  # multiprocessing children skip atexit
         try:
             thread.start()
         except RuntimeError as exc:
