@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from analytics_queue import _lifecycle
+from analytics_queue import _green, _lifecycle
 from analytics_queue._uwsgi import uwsgi_problems
 from analytics_queue._worker import Worker, _guarded, reentry
 from analytics_queue.config import Config, build_config
@@ -142,7 +142,7 @@ class AnalyticsQueue:
         self._ready = False
         self._rng = random.Random()
         self._random_bits = self._rng.getrandbits
-        self._queue: queue.Queue[QueuedEvent] = queue.Queue(config.max_queue_size)
+        self._queue: queue.Queue[QueuedEvent] = _green.new_queue(config.max_queue_size)
         self._backlog = self._queue.queue
         self._counters = Counters()
         self._worker = Worker(
