@@ -52,7 +52,9 @@ class Drainable(Protocol):
 
 
 _instances: weakref.WeakSet[Lifecycle] = weakref.WeakSet()
-_workers: set[Drainable] = set()
+#: Each kept worker with the pid of the process that started it: after a fork that skipped
+#: Python's hooks (uWSGI's workers), the child must not wait for the parent's thread.
+_workers: dict[Drainable, int] = {}
 _lock = threading.Lock()
 _hooks_installed = False
 
@@ -72,12 +74,12 @@ def register(instance: Lifecycle) -> None:
 def keep(worker: Drainable) -> None:
     """Hold ``worker`` for the exit drain until :func:`release`."""
     with _lock:
-        _workers.add(worker)
+        _workers[worker] = os.getpid()
 
 
 def release(worker: Drainable) -> None:
     with _lock:
-        _workers.discard(worker)
+        _workers.pop(worker, None)
 
 
 def drain_at_exit() -> int:
@@ -85,9 +87,10 @@ def drain_at_exit() -> int:
 
     Returns the number of events that could not be delivered (also logged as one WARNING).
     """
+    pid = os.getpid()
     with _lock:
         instances = list(_instances)
-        workers = list(_workers)
+        workers = [worker for worker, owner in _workers.items() if owner == pid]
     undelivered = 0
     try:
         if not workers:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from analytics_queue import _green, _lifecycle
-from analytics_queue._uwsgi import uwsgi_problems
+from analytics_queue._uwsgi import in_master, uwsgi_problems
 from analytics_queue._worker import Worker, _guarded, reentry
 from analytics_queue.config import Config, build_config
 from analytics_queue.errors import (
@@ -39,7 +39,14 @@ from analytics_queue.event import (
     check_timestamp,
     check_uuid,
 )
-from analytics_queue.metrics import Counters, Health, Metrics, evaluate_health
+from analytics_queue.metrics import (
+    LOCAL_MODE,
+    Counters,
+    Health,
+    Metrics,
+    Reason,
+    evaluate_health,
+)
 from analytics_queue.retry import RetryPolicy
 from analytics_queue.transport import LocalTransport, PostHogTransport, Transport
 
@@ -48,6 +55,8 @@ logger = logging.getLogger(__name__)
 #: At most one "queue full" warning per this many seconds.
 QUEUE_FULL_WARNING_INTERVAL: Final = 60.0
 LOCAL_MODE_REASON: Final = "no API key: events are logged, not sent"
+#: In uWSGI's master, track() sends on the caller at once, for at most this many seconds.
+UWSGI_MASTER_SEND_TIMEOUT: Final = 2.0
 
 _UNSET: Final[Any] = object()
 
@@ -74,6 +83,7 @@ class AnalyticsQueue:
         environment: added to every event's properties as ``environment``.
         strict: refusals raise from track() instead of returning False (False).
         disabled: track() is a no-op that returns False (False).
+        health_window: seconds of delivery history that health() judges (300.0).
         transport: a sender to use instead of PostHog's or the local one (tests, custom sinks).
         retry_policy: the backoff between failed attempts.
 
@@ -98,6 +108,7 @@ class AnalyticsQueue:
         environment: str | None = None,
         strict: bool | None = None,
         disabled: bool | None = None,
+        health_window: float | None = None,
         *,
         transport: Transport | None = None,
         retry_policy: RetryPolicy | None = None,
@@ -115,6 +126,7 @@ class AnalyticsQueue:
             "environment": environment,
             "strict": strict,
             "disabled": disabled,
+            "health_window": health_window,
         }
         if requeue_limit is not _UNSET:
             options["requeue_limit"] = requeue_limit
@@ -144,7 +156,11 @@ class AnalyticsQueue:
         self._random_bits = self._rng.getrandbits
         self._queue: queue.Queue[QueuedEvent] = _green.new_queue(config.max_queue_size)
         self._backlog = self._queue.queue
-        self._counters = Counters()
+        self._counters = Counters(health_window=config.health_window)
+        # uWSGI's master loads the app, then forks at the C level and never runs exit
+        # handlers: a thread of ours there could hold the GIL at a fork (the worker then
+        # hangs) and would drain nothing at exit. So no thread: track() sends at once.
+        self._uwsgi_master = in_master()
         self._worker = Worker(
             self._queue,
             self._transport,
@@ -230,7 +246,20 @@ class AnalyticsQueue:
             )
         if len(self._backlog) >= self._batch_size and not self._wake.is_set():
             self._wake.set()
+        if self._uwsgi_master:
+            self._send_from_uwsgi_master()
         return True
+
+    def _send_from_uwsgi_master(self) -> None:
+        budget = min(self._config.timeout, UWSGI_MASTER_SEND_TIMEOUT)
+        if not self._worker.flush(time.monotonic() + budget):
+            with _guarded():
+                logger.warning(
+                    "analytics events tracked in the uWSGI master could not be sent within "
+                    "%.1f s; the master never drains at exit, so they are lost (track them "
+                    "in the workers, or run with --lazy-apps)",
+                    budget,
+                )
 
     def _prepare(self) -> RefusedError | None:
         """The slow path of track(): fork, first call, shutdown, disabled, re-entry."""
@@ -242,6 +271,8 @@ class AnalyticsQueue:
             return _Disabled("analytics is disabled")
         if self._closed:
             return ShutdownError("the analytics queue was shut down")
+        if self._uwsgi_master:
+            return None  # no thread in uWSGI's master: track() sends on the caller
         with self._lock:
             if not self._ready and not self._closed:
                 self._worker.start()
@@ -343,11 +374,14 @@ class AnalyticsQueue:
 
     def health(self) -> Health:
         """healthy / degraded / critical, with the reasons, from a fresh snapshot."""
-        notes = list(self._problems)
+        notes = [Reason(code, message) for code, message in self._problems]
         if self._config.local:
-            notes.insert(0, LOCAL_MODE_REASON)
+            notes.insert(0, Reason(LOCAL_MODE, LOCAL_MODE_REASON))
         return evaluate_health(
-            self.metrics(), mode="local" if self._config.local else "posthog", notes=notes
+            self.metrics(),
+            mode="local" if self._config.local else "posthog",
+            notes=notes,
+            flush_interval=self._config.flush_interval,
         )
 
     def __repr__(self) -> str:

@@ -50,6 +50,7 @@ class Config:
     environment: str | None = None
     strict: bool = False
     disabled: bool = False
+    health_window: float = 300.0
 
     @property
     def local(self) -> bool:
@@ -148,6 +149,7 @@ _CHECKS: Final[dict[str, Callable[[object], Any]]] = {
     "environment": _optional_str,
     "strict": _bool,
     "disabled": _bool,
+    "health_window": _positive_seconds,
 }
 
 #: The options read from ``ANALYTICS_QUEUE_<OPTION>``: every option but api_key and host.

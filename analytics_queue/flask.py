@@ -83,6 +83,7 @@ class FlaskAnalytics:
     - ``ANALYTICS_QUEUE_ENVIRONMENT``: None.
     - ``ANALYTICS_QUEUE_STRICT``: False.
     - ``ANALYTICS_QUEUE_DISABLED``: False.
+    - ``ANALYTICS_QUEUE_HEALTH_WINDOW``: 300.0 seconds.
     - ``ANALYTICS_QUEUE_URL_PREFIX``: ``"/analytics"``, the prefix of the health and metrics
       routes; ``None`` registers no blueprint.
 

@@ -36,6 +36,7 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
         "ANALYTICS_QUEUE_ENVIRONMENT": "staging",
         "ANALYTICS_QUEUE_STRICT": "yes",
         "ANALYTICS_QUEUE_DISABLED": "1",
+        "ANALYTICS_QUEUE_HEALTH_WINDOW": "60",
     }
     config = build_config(env=env)
     assert config.api_key == "phc_env"
@@ -45,6 +46,7 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
     assert config.shutdown_timeout == 1.5 and config.timeout == 3.0
     assert config.gzip is False and config.strict is True and config.disabled is True
     assert (config.app_version, config.environment) == ("2.0.0", "staging")
+    assert config.health_window == 60.0
     assert set(OPTION_NAMES) == {
         n.removeprefix("ANALYTICS_QUEUE_").lower() for n in env if n.startswith("ANALYTICS")
     }
