@@ -83,12 +83,14 @@ def test_in_the_master_track_sends_at_once_without_a_thread(
     fake_uwsgi: types.ModuleType, capture_server: CaptureServer
 ) -> None:
     fake_uwsgi.worker_id = lambda: 0  # type: ignore[attr-defined]
+    before = set(threading.enumerate())
     queue = AnalyticsQueue(api_key="phc_x", host=capture_server.url, flush_interval=60)
     try:
         assert queue.track("app_loaded", distinct_id="master")
         # Sent before track() returned: no thread of ours may hold the GIL at uWSGI's fork.
         assert [e.event for e in capture_server.events()] == ["app_loaded"]
-        assert "analytics-queue-worker" not in [t.name for t in threading.enumerate()]
+        started = set(threading.enumerate()) - before
+        assert "analytics-queue-worker" not in [t.name for t in started]
         assert queue.queue_size == 0
     finally:
         queue.shutdown(timeout=1)

@@ -9,12 +9,14 @@ they do not have.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +60,24 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
+def _workers_idle(stats: str, requests: int) -> bool:
+    """True once uWSGI's stats say every worker is idle after ``requests`` requests in all.
+
+    uWSGI skips a worker's exit handlers when a SIGINT finds it busy, and a client sees its
+    answer before the worker marks the request done.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(stats)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    workers = json.loads(b"".join(chunks))["workers"]
+    return sum(w["requests"] for w in workers) == requests and all(
+        w["status"] == "idle" for w in workers
+    )
+
+
 def _uwsgi() -> str:
     found = shutil.which("uwsgi", path=os.path.dirname(sys.executable))
     if found is None:
@@ -73,6 +93,7 @@ def test_the_masters_event_arrives_once_and_workers_exit_without_waiting(
 ) -> None:
     (tmp_path / "uwsgi_app.py").write_text(APP)
     sock = str(tmp_path / "uwsgi.sock")
+    stats = str(tmp_path / "stats.sock")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("POSTHOG_", "ANALYTICS_"))},
         "POSTHOG_API_KEY": KEY,
@@ -91,6 +112,8 @@ def test_the_masters_event_arrives_once_and_workers_exit_without_waiting(
             "uwsgi_app:app",
             "--die-on-term",
             "--need-app",
+            "--stats",
+            stats,
             "--pythonpath",
             str(tmp_path),
         ],
@@ -118,6 +141,9 @@ def test_the_masters_event_arrives_once_and_workers_exit_without_waiting(
                 response.read()
             finally:
                 conn.close()
+        pause, deadline = threading.Event(), time.monotonic() + 20
+        while not _workers_idle(stats, 20) and time.monotonic() < deadline:
+            pause.wait(0.05)
     finally:
         started = time.monotonic()
         server.send_signal(signal.SIGTERM if ending == "TERM" else signal.SIGINT)
