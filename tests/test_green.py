@@ -163,7 +163,7 @@ def test_a_monkey_patched_script_delivers_every_event_once(
     assert "Traceback" not in stderr, stderr
     duplicates = _uuids_once(capture_server, "green", 40)
     record(
-        runtime=f"{lib} monkey.patch_all() script",
+        runtime=f"{lib}: monkey-patched script",
         ending="normal",
         tracked=40,
         delivered=len(capture_server.events("green")),
