@@ -23,7 +23,7 @@ from typing import Any, Final
 from analytics_queue import _lifecycle
 from analytics_queue._buffer import BufferClosed, EventBuffer
 from analytics_queue._guard import deferred, guarded, inside, run_deferred
-from analytics_queue._uwsgi import uwsgi_problems
+from analytics_queue._uwsgi import in_master, uwsgi_problems
 from analytics_queue._worker import Worker
 from analytics_queue.builders import (
     alias_event,
@@ -54,7 +54,14 @@ from analytics_queue.event import (
     check_uuid,
     shown,
 )
-from analytics_queue.metrics import Counters, Health, Metrics, evaluate_health
+from analytics_queue.metrics import (
+    LOCAL_MODE,
+    Counters,
+    Health,
+    Metrics,
+    Reason,
+    evaluate_health,
+)
 from analytics_queue.retry import RetryPolicy
 from analytics_queue.transport import ForkAware, LocalTransport, PostHogTransport, Transport
 
@@ -63,6 +70,8 @@ logger = logging.getLogger(__name__)
 #: At most one "queue full" warning per this many seconds.
 QUEUE_FULL_WARNING_INTERVAL: Final = 60.0
 LOCAL_MODE_REASON: Final = "no API key: events are logged, not sent"
+#: In uWSGI's master, track() sends on the caller at once, for at most this many seconds.
+UWSGI_MASTER_SEND_TIMEOUT: Final = 2.0
 
 _UNSET: Final[Any] = object()
 
@@ -98,6 +107,7 @@ class AnalyticsQueue:
             an event is serialized: return it (changed or not), or None to drop it.
         request_context: the Flask and Django integrations open a context per request (True).
         request_context_ip: ... and add the client's address as ``$ip`` (False: personal data).
+        health_window: seconds of delivery history that health() judges (300.0).
         transport: a sender to use instead of PostHog's or the local one (tests, custom sinks).
         retry_policy: the backoff between failed attempts.
 
@@ -122,6 +132,7 @@ class AnalyticsQueue:
         environment: str | None = None,
         strict: bool | None = None,
         disabled: bool | None = None,
+        health_window: float | None = None,
         *,
         disable_geoip: bool | None = None,
         super_properties: Mapping[str, Any] | None = None,
@@ -151,6 +162,7 @@ class AnalyticsQueue:
             "before_send": before_send,
             "request_context": request_context,
             "request_context_ip": request_context_ip,
+            "health_window": health_window,
         }
         if requeue_limit is not _UNSET:
             options["requeue_limit"] = requeue_limit
@@ -194,8 +206,12 @@ class AnalyticsQueue:
         self._rng = random.Random()
         self._random_bits = self._rng.getrandbits
         self._buffer = EventBuffer(config.max_queue_size, wake_at=config.batch_size)
-        self._counters = Counters()
+        self._counters = Counters(health_window=config.health_window)
         self._reentrant_refusals = 0
+        # uWSGI's master loads the app, then forks at the C level and never runs exit
+        # handlers: a thread of ours there could hold the GIL at a fork (the worker then
+        # hangs) and would drain nothing at exit. So no thread: track() sends at once.
+        self._uwsgi_master = in_master()
         self._worker = Worker(
             self._buffer,
             self._transport,
@@ -319,7 +335,11 @@ class AnalyticsQueue:
             inside.active = False
         if deferred:
             run_deferred()
-        return True if refused is None else self._refuse(refused)
+        if refused is not None:
+            return self._refuse(refused)
+        if self._uwsgi_master:
+            self._send_from_uwsgi_master()
+        return True
 
     # -- persons and groups: posthog-python's calls, queued like track() -----------------------
 
@@ -480,6 +500,17 @@ class AnalyticsQueue:
             )
         return self._admit(item)
 
+    def _send_from_uwsgi_master(self) -> None:
+        budget = min(self._config.timeout, UWSGI_MASTER_SEND_TIMEOUT)
+        if not self._worker.flush(time.monotonic() + budget):
+            with guarded():
+                logger.warning(
+                    "analytics events tracked in the uWSGI master could not be sent within "
+                    "%.1f s; the master never drains at exit, so they are lost (track them "
+                    "in the workers, or run with --lazy-apps)",
+                    budget,
+                )
+
     def _prepare(self) -> RefusedError | None:
         """The slow path of track(): fork, first call, shutdown, disabled, re-entry."""
         if inside.active:
@@ -491,6 +522,8 @@ class AnalyticsQueue:
                 return _Disabled("analytics is disabled")
             if self._closed:
                 return ShutdownError("the analytics queue was shut down")
+            if self._uwsgi_master:
+                return None  # no thread in uWSGI's master: track() sends on the caller
             with self._lock:
                 if not self._ready and not self._closed:
                     self._worker.start()
@@ -608,11 +641,18 @@ class AnalyticsQueue:
 
     def health(self) -> Health:
         """healthy / degraded / critical, with the reasons, from a fresh snapshot."""
-        notes = list(self._problems)
+        notes = [Reason(code, message) for code, message in self._problems]
         if self._config.local:
-            notes.insert(0, LOCAL_MODE_REASON)
+            notes.insert(0, Reason(LOCAL_MODE, LOCAL_MODE_REASON))
+        metrics = self.metrics()
+        with guarded():
+            oldest = self._worker.ledger.oldest_unfinished()
         return evaluate_health(
-            self.metrics(), mode="local" if self._config.local else "posthog", notes=notes
+            metrics,
+            mode="local" if self._config.local else "posthog",
+            notes=notes,
+            oldest_waiting_age=None if oldest is None else max(0.0, time.time() - oldest),
+            flush_interval=self._config.flush_interval,
         )
 
     def __repr__(self) -> str:

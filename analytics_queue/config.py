@@ -280,6 +280,9 @@ class Config:
         False, _bool, _bool_text, "refusals raise from track() instead of returning False"
     )
     disabled: bool = _option(False, _bool, _bool_text, "track() is a no-op that returns False")
+    health_window: float = _option(
+        300.0, _positive_seconds, _float_text, "seconds of recent sends the health verdict judges"
+    )
     disable_geoip: bool = _option(
         True, _bool, _bool_text, "send $geoip_disable: PostHog does not geolocate server IPs"
     )

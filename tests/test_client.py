@@ -374,7 +374,7 @@ def test_without_a_worker_flush_sends_on_the_calling_thread(
         assert queue.track("e", distinct_id="u") is True
     health = queue.health()
     assert health.status == "critical"
-    assert any("no worker" in reason for reason in health.reasons)
+    assert health.codes == ["no_worker"]
     assert queue.flush(timeout=10)
     assert len(capture_server.events()) == 1
     assert queue.health().status == "healthy"
@@ -407,7 +407,8 @@ def test_local_mode_logs_a_summary_at_info_and_each_payload_at_debug(
         assert json.loads(payload)["properties"]["plan"] == "pro"
         health = queue.health()
         assert health.mode == "local"
-        assert "no API key: events are logged, not sent" in health.reasons
+        assert health.codes == ["local_mode"]
+        assert health.reasons[0].message == "no API key: events are logged, not sent"
         assert queue.metrics().delivered == 2
     finally:
         queue.shutdown(timeout=2)

@@ -54,6 +54,7 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
         "ANALYTICS_QUEUE_HISTORICAL_MIGRATION": "true",
         "ANALYTICS_QUEUE_REQUEST_CONTEXT": "off",
         "ANALYTICS_QUEUE_REQUEST_CONTEXT_IP": "on",
+        "ANALYTICS_QUEUE_HEALTH_WINDOW": "60",
     }
     config = build_config(env=env)
     assert config.api_key == "phc_env"
@@ -66,6 +67,7 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
     assert config.disable_geoip is False and config.historical_migration is True
     assert config.super_properties == {"service": "stories", "region": 3}
     assert config.request_context is False and config.request_context_ip is True
+    assert config.health_window == 60.0
     read_from_env = {spec.name for spec in OPTIONS if spec.env} - {"api_key", "host"}
     assert read_from_env == {
         n.removeprefix("ANALYTICS_QUEUE_").lower() for n in env if n.startswith("ANALYTICS")
