@@ -1,4 +1,4 @@
-"""Health verdicts from metrics snapshots, by the seed's thresholds."""
+"""Health verdicts from metrics snapshots, by the documented thresholds."""
 
 from __future__ import annotations
 
