@@ -11,8 +11,8 @@ docs/contributing.md:
   a block marks it illustrative: it is not run.
 - Each page gets a capture server; ``POSTHOG_API_KEY`` and ``POSTHOG_HOST`` point at it while the
   page runs, so blocks that build an ``AnalyticsQueue`` from the environment send there.
-- After each block, every ``AnalyticsQueue`` it built (the default instance and those of the
-  Flask and Django integrations included) is shut down, and the default instance is forgotten.
+- Each block starts without a default instance. After it, every ``AnalyticsQueue`` it built (the
+  default instance and those of the Flask and Django integrations included) is shut down.
 - A function ``test_*`` that a block defines is called after the block, like pytest would call
   it, with the fixtures it names: ``capture_server`` (a fresh `CaptureServer`), ``tmp_path``, and
   for Django blocks ``client`` (Django's test client, as pytest-django's fixture gives it).
@@ -80,10 +80,15 @@ def _run_tests(namespace: dict[str, Any], before: dict[str, Any], path: str) -> 
 
 @contextmanager
 def _queues_shut_down_after() -> Iterator[None]:
-    """Every AnalyticsQueue built inside is shut down at the end; the default is forgotten."""
+    """Every AnalyticsQueue built inside is shut down at the end.
+
+    The block starts without a default instance (one left by an earlier test, maybe shut down,
+    must not receive its events) and the previous one is put back afterwards.
+    """
     import analytics_queue
     from analytics_queue import AnalyticsQueue
 
+    previous_default, analytics_queue._default = analytics_queue._default, None
     made: list[AnalyticsQueue] = []
     original: Callable[..., None] = AnalyticsQueue.__init__
 
@@ -98,8 +103,7 @@ def _queues_shut_down_after() -> Iterator[None]:
         AnalyticsQueue.__init__ = original  # type: ignore[method-assign]
         for queue in made:
             queue.shutdown(timeout=2.0)
-        if analytics_queue._default in made:
-            analytics_queue._default = None
+        analytics_queue._default = previous_default
 
 
 # The child process of a Django block: the block's source comes on stdin.
