@@ -63,7 +63,7 @@ from analytics_queue.metrics import (
     evaluate_health,
 )
 from analytics_queue.retry import RetryPolicy
-from analytics_queue.transport import ForkAware, LocalTransport, PostHogTransport, Transport
+from analytics_queue.sending import ForkAware, LocalTransport, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,10 @@ class AnalyticsQueue:
     def _default_transport(config: Config) -> Transport:
         if config.api_key is None:
             return LocalTransport()
+        # Imported here: urllib3 and TLS cost tens of milliseconds at import, and an instance
+        # without an API key (tests, local development) never needs them.
+        from analytics_queue.transport import PostHogTransport
+
         return PostHogTransport(
             config.api_key,
             config.host,

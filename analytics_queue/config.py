@@ -19,8 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from posthog.request import determine_server_host
-
+from analytics_queue._host import normalize_host
 from analytics_queue._redact import redact
 from analytics_queue.errors import ConfigurationError
 from analytics_queue.event import shown_value
@@ -114,7 +113,7 @@ def _check_host(value: object) -> str:
     if not value.startswith(("http://", "https://")):
         # The value is not echoed: a key pasted into the wrong variable must not reach a log.
         raise ValueError("must start with http:// or https://")
-    return determine_server_host(value).rstrip("/")
+    return normalize_host(value).rstrip("/")
 
 
 def _positive_int(value: object) -> int:
