@@ -122,6 +122,14 @@ def _positive_int(value: object) -> int:
     return int(value)
 
 
+def _optional_positive_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be an int >= 1 or None, got {shown_value(value)}")
+    return int(value)
+
+
 def _optional_non_negative_int(value: object) -> int | None:
     if value is None:
         return None
@@ -256,6 +264,13 @@ class Config:
     )
     max_queue_size: int = _option(
         10_000, _positive_int, _int_text, "past this many waiting events track() refuses"
+    )
+    max_queue_bytes: int | None = _option(
+        32 * 1024 * 1024,
+        _optional_positive_int,
+        _limit_text,
+        "past about this many bytes of waiting events (estimated at track()) it refuses too",
+        none_means="no byte bound: the count bound alone",
     )
     requeue_limit: int | None = _option(
         5,
