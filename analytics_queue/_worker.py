@@ -36,7 +36,7 @@ from analytics_queue.errors import RefusedError
 from analytics_queue.event import EventEncoder
 from analytics_queue.metrics import Counters, ErrorRecord
 from analytics_queue.retry import RetryPolicy
-from analytics_queue.transport import SendResult, Transport
+from analytics_queue.sending import SendResult, Transport
 
 logger = logging.getLogger(__name__)
 

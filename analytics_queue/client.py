@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from analytics_queue import _lifecycle
-from analytics_queue._buffer import BufferClosed, EventBuffer
+from analytics_queue._buffer import BufferBytesFull, BufferClosed, EventBuffer
 from analytics_queue._guard import deferred, guarded, inside, run_deferred
 from analytics_queue._uwsgi import in_master, uwsgi_problems
 from analytics_queue._worker import Worker
@@ -34,7 +34,7 @@ from analytics_queue.builders import (
     resolve_track,
     track_options,
 )
-from analytics_queue.config import Config, build_config
+from analytics_queue.config import OPTIONS_BY_NAME, Config, build_config
 from analytics_queue.context import current_scope
 from analytics_queue.errors import (
     QueueFullError,
@@ -48,7 +48,7 @@ from analytics_queue.event import (
     EventEncoder,
     EventOptions,
     QueuedEvent,
-    capture_properties,
+    capture_sized,
     check_event_name,
     check_timestamp,
     check_uuid,
@@ -63,12 +63,14 @@ from analytics_queue.metrics import (
     evaluate_health,
 )
 from analytics_queue.retry import RetryPolicy
-from analytics_queue.transport import ForkAware, LocalTransport, PostHogTransport, Transport
+from analytics_queue.sending import ForkAware, LocalTransport, Transport
 
 logger = logging.getLogger(__name__)
 
 #: At most one "queue full" warning per this many seconds.
 QUEUE_FULL_WARNING_INTERVAL: Final = 60.0
+#: Added to an event's size estimate for what every event carries (uuid, stamps, enrichment).
+EVENT_OVERHEAD_BYTES: Final = 200
 LOCAL_MODE_REASON: Final = "no API key: events are logged, not sent"
 #: In uWSGI's master, track() sends on the caller at once, for at most this many seconds.
 UWSGI_MASTER_SEND_TIMEOUT: Final = 2.0
@@ -89,6 +91,8 @@ class AnalyticsQueue:
         batch_size: send as soon as this many events wait (10).
         flush_interval: seconds; a waiting event is sent at most this long after track() (5.0).
         max_queue_size: past this many waiting events track() refuses (10,000).
+        max_queue_bytes: past about this many bytes of waiting events (their size estimated
+            at track()) it refuses too (32 MiB; None: no byte bound).
         requeue_limit: after a retryable failure, the first N events of the batch go again and
             the rest fail with reason ``retry_limit`` (5; None: all of them go again).
         shutdown_timeout: the exit budget, seconds (5.0).
@@ -134,6 +138,7 @@ class AnalyticsQueue:
         disabled: bool | None = None,
         health_window: float | None = None,
         *,
+        max_queue_bytes: int | None = _UNSET,
         disable_geoip: bool | None = None,
         super_properties: Mapping[str, Any] | None = None,
         historical_migration: bool | None = None,
@@ -143,29 +148,9 @@ class AnalyticsQueue:
         transport: Transport | None = None,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
-        options: dict[str, Any] = {
-            "api_key": api_key,
-            "host": host,
-            "batch_size": batch_size,
-            "flush_interval": flush_interval,
-            "max_queue_size": max_queue_size,
-            "shutdown_timeout": shutdown_timeout,
-            "timeout": timeout,
-            "gzip": gzip,
-            "app_version": app_version,
-            "environment": environment,
-            "strict": strict,
-            "disabled": disabled,
-            "disable_geoip": disable_geoip,
-            "super_properties": super_properties,
-            "historical_migration": historical_migration,
-            "before_send": before_send,
-            "request_context": request_context,
-            "request_context_ip": request_context_ip,
-            "health_window": health_window,
-        }
-        if requeue_limit is not _UNSET:
-            options["requeue_limit"] = requeue_limit
+        # Every parameter named like an option is one; _UNSET marks those where None is a value.
+        given = locals()
+        options = {name: given[name] for name in OPTIONS_BY_NAME if given[name] is not _UNSET}
         with guarded():  # a handler that tracks our own warnings must not loop back here
             self._config = build_config(**options)
             self._problems = uwsgi_problems()
@@ -182,6 +167,10 @@ class AnalyticsQueue:
     def _default_transport(config: Config) -> Transport:
         if config.api_key is None:
             return LocalTransport()
+        # Imported here: urllib3 and TLS cost tens of milliseconds at import, and an instance
+        # without an API key (tests, local development) never needs them.
+        from analytics_queue.transport import PostHogTransport
+
         return PostHogTransport(
             config.api_key,
             config.host,
@@ -205,7 +194,9 @@ class AnalyticsQueue:
         self._ready = False
         self._rng = random.Random()
         self._random_bits = self._rng.getrandbits
-        self._buffer = EventBuffer(config.max_queue_size, wake_at=config.batch_size)
+        self._buffer = EventBuffer(
+            config.max_queue_size, max_bytes=config.max_queue_bytes, wake_at=config.batch_size
+        )
         self._counters = Counters(health_window=config.health_window)
         self._reentrant_refusals = 0
         # uWSGI's master loads the app, then forks at the C level and never runs exit
@@ -290,7 +281,7 @@ class AnalyticsQueue:
                 or not event.isascii()
             ):
                 event = check_event_name(event)
-            props = capture_properties(event, properties)
+            props, size = capture_sized(event, properties)
             scope = current_scope()
             if (
                 scope is not None
@@ -312,8 +303,9 @@ class AnalyticsQueue:
             return self._refuse(
                 UnserializableError(f"event {name}: {type(exc).__name__} while checking it")
             )
+        size += len(event) + len(distinct_id) + EVENT_OVERHEAD_BYTES
         return self._admit(
-            QueuedEvent(event, distinct_id, props, when, event_id, time.time(), options)
+            QueuedEvent(event, distinct_id, props, when, event_id, time.time(), options, size)
         )
 
     def _admit(self, item: QueuedEvent) -> bool:
@@ -323,8 +315,13 @@ class AnalyticsQueue:
         inside.active = True
         try:
             self._buffer.put_nowait(item)
-        except queue.Full:
+        except BufferBytesFull:
             refused: RefusedError | None = QueueFullError(
+                f"event {shown(item.event)}: the queue holds about "
+                f"{self._config.max_queue_bytes} bytes of events"
+            )
+        except queue.Full:
+            refused = QueueFullError(
                 f"event {shown(item.event)}: the queue holds {self._config.max_queue_size} events"
             )
         except BufferClosed:

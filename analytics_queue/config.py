@@ -19,8 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from posthog.request import determine_server_host
-
+from analytics_queue._host import normalize_host
 from analytics_queue._redact import redact
 from analytics_queue.errors import ConfigurationError
 from analytics_queue.event import shown_value
@@ -114,12 +113,20 @@ def _check_host(value: object) -> str:
     if not value.startswith(("http://", "https://")):
         # The value is not echoed: a key pasted into the wrong variable must not reach a log.
         raise ValueError("must start with http:// or https://")
-    return determine_server_host(value).rstrip("/")
+    return normalize_host(value).rstrip("/")
 
 
 def _positive_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"must be an int >= 1, got {shown_value(value)}")
+    return int(value)
+
+
+def _optional_positive_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be an int >= 1 or None, got {shown_value(value)}")
     return int(value)
 
 
@@ -257,6 +264,13 @@ class Config:
     )
     max_queue_size: int = _option(
         10_000, _positive_int, _int_text, "past this many waiting events track() refuses"
+    )
+    max_queue_bytes: int | None = _option(
+        32 * 1024 * 1024,
+        _optional_positive_int,
+        _limit_text,
+        "past about this many bytes of waiting events (estimated at track()) it refuses too",
+        none_means="no byte bound: the count bound alone",
     )
     requeue_limit: int | None = _option(
         5,

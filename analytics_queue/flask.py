@@ -87,7 +87,7 @@ class FlaskAnalytics:
     - ``POSTHOG_HOST``: default ``https://us.i.posthog.com``.
     - ``ANALYTICS_QUEUE_BATCH_SIZE``: 10.
     - ``ANALYTICS_QUEUE_FLUSH_INTERVAL``: 5.0 seconds.
-    - ``ANALYTICS_QUEUE_MAX_QUEUE_SIZE``: 10000.
+    - ``ANALYTICS_QUEUE_MAX_QUEUE_SIZE``: 10000; ``ANALYTICS_QUEUE_MAX_QUEUE_BYTES``: 32 MiB.
     - ``ANALYTICS_QUEUE_REQUEUE_LIMIT``: 5.
     - ``ANALYTICS_QUEUE_SHUTDOWN_TIMEOUT``: 5.0 seconds.
     - ``ANALYTICS_QUEUE_TIMEOUT``: 10.0 seconds.
