@@ -43,7 +43,8 @@ class OptionSpec:
         parse: turns an environment string into a value for ``check``.
         env: the environment variables read, first found wins (none for a callable).
         flask_key: the ``app.config`` key.
-        django_setting: where Django settings give it: a setting name, or a key of the
+        django_setting: where Django settings give it: a setting of its own
+            (``POSTHOG_API_KEY``, ``ANALYTICS_QUEUE_REQUEST_CONTEXT``), or a key of the
             ``ANALYTICS_QUEUE`` dict (``ANALYTICS_QUEUE["batch_size"]``).
         none_means: what an explicit None means, when None is a value; otherwise None means
             "not given".
@@ -69,6 +70,7 @@ class _Meta:
     none_means: str | None
     posthog_name: bool
     code_only: bool
+    django_top_level: bool
 
 
 def _option(
@@ -80,9 +82,10 @@ def _option(
     none_means: str | None = None,
     posthog_name: bool = False,
     code_only: bool = False,
+    django_top_level: bool = False,
     repr: bool = True,
 ) -> Any:
-    meta = _Meta(check, parse, doc, none_means, posthog_name, code_only)
+    meta = _Meta(check, parse, doc, none_means, posthog_name, code_only, django_top_level)
     return dataclasses.field(default=default, repr=repr, metadata={"option": meta})
 
 
@@ -315,10 +318,18 @@ class Config:
         repr=False,
     )
     request_context: bool = _option(
-        True, _bool, _bool_text, "Flask and Django: a context per request ($current_url, ...)"
+        True,
+        _bool,
+        _bool_text,
+        "Flask and Django: a context per request ($current_url, ...)",
+        django_top_level=True,
     )
     request_context_ip: bool = _option(
-        False, _bool, _bool_text, "add the client's $ip to the request context (personal data)"
+        False,
+        _bool,
+        _bool_text,
+        "add the client's $ip to the request context (personal data)",
+        django_top_level=True,
     )
 
     @property
@@ -337,7 +348,7 @@ def _spec(field: dataclasses.Field[Any]) -> OptionSpec:
     else:
         env = () if meta.code_only else (ENV_PREFIX + upper,)
         flask_key = ENV_PREFIX + upper
-        django_setting = f'ANALYTICS_QUEUE["{field.name}"]'
+        django_setting = flask_key if meta.django_top_level else f'ANALYTICS_QUEUE["{field.name}"]'
     return OptionSpec(
         name=field.name,
         default=field.default,
@@ -354,10 +365,16 @@ def _spec(field: dataclasses.Field[Any]) -> OptionSpec:
 #: Every option, in declaration order, derived from :class:`Config`'s fields.
 OPTIONS: Final[tuple[OptionSpec, ...]] = tuple(_spec(f) for f in dataclasses.fields(Config))
 OPTIONS_BY_NAME: Final[dict[str, OptionSpec]] = {spec.name: spec for spec in OPTIONS}
-#: The options given in the ``ANALYTICS_QUEUE`` dict of Django settings: all but api_key, host.
+#: The options the ``ANALYTICS_QUEUE`` dict of Django settings may give: all but api_key, host.
 OPTION_NAMES: Final[tuple[str, ...]] = tuple(
-    spec.name for spec in OPTIONS if spec.django_setting.startswith("ANALYTICS_QUEUE[")
+    spec.name for spec in OPTIONS if not spec.django_setting.startswith("POSTHOG_")
 )
+#: Options with a Django setting of their own, by setting name (they win over the dict).
+DJANGO_SETTINGS: Final[dict[str, str]] = {
+    spec.django_setting: spec.name
+    for spec in OPTIONS
+    if not spec.django_setting.startswith("ANALYTICS_QUEUE[")
+}
 
 
 @dataclass(frozen=True, slots=True)
