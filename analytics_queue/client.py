@@ -23,6 +23,7 @@ from typing import Any, Final
 from analytics_queue import _lifecycle
 from analytics_queue._buffer import BufferClosed, EventBuffer
 from analytics_queue._guard import deferred, guarded, inside, run_deferred
+from analytics_queue._spool_keeper import SpoolKeeper
 from analytics_queue._uwsgi import uwsgi_problems
 from analytics_queue._worker import Worker
 from analytics_queue.config import Config, build_config
@@ -50,6 +51,8 @@ logger = logging.getLogger(__name__)
 #: At most one "queue full" warning per this many seconds.
 QUEUE_FULL_WARNING_INTERVAL: Final = 60.0
 LOCAL_MODE_REASON: Final = "no API key: events are logged, not sent"
+#: The shortest lease a process holds on a spooled batch it sends, seconds.
+SPOOL_MIN_LEASE: Final = 60.0
 
 _UNSET: Final[Any] = object()
 
@@ -76,6 +79,10 @@ class AnalyticsQueue:
         environment: added to every event's properties as ``environment``.
         strict: refusals raise from track() instead of returning False (False).
         disabled: track() is a no-op that returns False (False).
+        spool_path: a SQLite file where events wait on disk through outages, restarts and
+            crashes (None: memory only). Only the worker thread touches it.
+        spool_max_bytes: past this many bytes in the spool its oldest events are dropped
+            (256 MiB).
         transport: a sender to use instead of PostHog's or the local one (tests, custom sinks).
         retry_policy: the backoff between failed attempts.
 
@@ -100,6 +107,8 @@ class AnalyticsQueue:
         environment: str | None = None,
         strict: bool | None = None,
         disabled: bool | None = None,
+        spool_path: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int | None = None,
         *,
         transport: Transport | None = None,
         retry_policy: RetryPolicy | None = None,
@@ -117,6 +126,8 @@ class AnalyticsQueue:
             "environment": environment,
             "strict": strict,
             "disabled": disabled,
+            "spool_path": spool_path,
+            "spool_max_bytes": spool_max_bytes,
         }
         if requeue_limit is not _UNSET:
             options["requeue_limit"] = requeue_limit
@@ -158,11 +169,20 @@ class AnalyticsQueue:
             timeout=config.timeout,
             shutdown_timeout=config.shutdown_timeout,
             retry_policy=self._retry_policy,
+            spool=self._make_spool(config),
         )
         # Last: a thread that sees this pid sees the new buffer and worker. track() takes its
         # fast path only while _ready is True: a started worker in this process, not shut
         # down, not disabled.
         self._pid = os.getpid()
+
+    @staticmethod
+    def _make_spool(config: Config) -> SpoolKeeper | None:
+        """The spool of this process (opened by the worker on first use), or None."""
+        if config.spool_path is None:
+            return None
+        lease = max(SPOOL_MIN_LEASE, 4 * config.timeout)  # well above one attempt
+        return SpoolKeeper(config.spool_path, max_bytes=config.spool_max_bytes, lease=lease)
 
     @property
     def pid(self) -> int:
@@ -360,13 +380,17 @@ class AnalyticsQueue:
     def metrics(self) -> Metrics:
         """A frozen snapshot of the delivery figures."""
         self._check_process()
-        queued, waiting = self._worker.totals()
+        totals = self._worker.totals()
+        spool = self._worker.spool
         with guarded():
             return self._counters.snapshot(
-                queued=queued,
-                queue_size=waiting,
+                queued=totals.accepted,
+                queue_size=totals.unfinished,
                 worker_alive=self._worker.alive,
                 extra_refusals={"reentrant": self._reentrant_refusals},
+                spooled=totals.spooled,
+                replayed=totals.replayed,
+                spool=None if spool is None else spool.figures(),
             )
 
     def health(self) -> Health:

@@ -25,6 +25,8 @@ from analytics_queue.errors import ConfigurationError
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST: Final = "https://us.i.posthog.com"
+#: The default bound of the spool file: past it, its oldest events are dropped.
+DEFAULT_SPOOL_MAX_BYTES: Final = 256 * 1024 * 1024
 ENV_PREFIX: Final = "ANALYTICS_QUEUE_"
 
 _UNSET: Final[Any] = object()
@@ -159,6 +161,19 @@ def _optional_str(value: object) -> str | None:
     return value or None
 
 
+def _optional_path(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"must be a path (str or os.PathLike) or None, got {value!r}")
+    text = os.fspath(value)
+    if not isinstance(text, str):
+        raise ValueError(f"must be a str path, got {value!r}")
+    if "\x00" in text:
+        raise ValueError("must not contain a NUL character")
+    return os.path.expanduser(text) if text.strip() else None
+
+
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
@@ -241,6 +256,19 @@ class Config:
         False, _bool, _bool_text, "refusals raise from track() instead of returning False"
     )
     disabled: bool = _option(False, _bool, _bool_text, "track() is a no-op that returns False")
+    spool_path: str | None = _option(
+        None,
+        _optional_path,
+        _text,
+        "a SQLite file where events wait on disk through outages, restarts and crashes; "
+        "none: memory only",
+    )
+    spool_max_bytes: int = _option(
+        DEFAULT_SPOOL_MAX_BYTES,
+        _positive_int,
+        _int_text,
+        "past this many bytes in the spool file its oldest events are dropped",
+    )
 
     @property
     def local(self) -> bool:

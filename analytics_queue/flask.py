@@ -79,6 +79,8 @@ class FlaskAnalytics:
     - ``ANALYTICS_QUEUE_ENVIRONMENT``: None.
     - ``ANALYTICS_QUEUE_STRICT``: False.
     - ``ANALYTICS_QUEUE_DISABLED``: False.
+    - ``ANALYTICS_QUEUE_SPOOL_PATH``: None (memory only); a SQLite file for the durable spool.
+    - ``ANALYTICS_QUEUE_SPOOL_MAX_BYTES``: 268435456 (256 MiB).
     - ``ANALYTICS_QUEUE_URL_PREFIX``: ``"/analytics"``, the prefix of the health and metrics
       routes; ``None`` registers no blueprint.
 

@@ -12,11 +12,19 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:
+    from analytics_queue._spool_keeper import SpoolFigures
 
 #: How many recent errors are kept for metrics and health.
 RECENT_ERRORS: Final = 20
+#: Health is critical once the oldest spooled event is this old, seconds ...
+SPOOL_CRITICAL_AGE: Final = 3600.0
+#: ... or the spool holds this share of its bound.
+SPOOL_CRITICAL_SHARE: Final = 0.9
 
 HealthStatus = Literal["healthy", "degraded", "critical"]
 Mode = Literal["posthog", "local"]
@@ -35,8 +43,16 @@ class ErrorRecord:
 class Metrics:
     """A consistent snapshot of one AnalyticsQueue's delivery figures.
 
-    At rest ``queued == delivered + failed + queue_size``: every accepted event is delivered,
-    failed (with a reason) or still waiting. ``delivery_rate`` and ``failure_rate`` are percents
+    At rest ``queued + replayed == delivered + failed + spooled + queue_size``: every accepted
+    event is delivered, failed (with a reason), spooled (kept on disk for this process or
+    another to send) or still waiting; events taken back from the spool (``replayed``) enter
+    the same way. Without a spool, ``spooled`` and ``replayed`` stay 0.
+
+    ``spool`` describes the spool file (None without one): ``path``, ``active`` (False: memory
+    only, ``problem`` says why), ``rows``, ``bytes``, ``max_bytes``, ``oldest_age_s``,
+    ``dropped`` (by reason), ``problem`` and ``moved_to`` (where a corrupt file went).
+
+    ``delivery_rate`` and ``failure_rate`` are percents
     of the events that reached a final state (100 and 0 before any did).
     """
 
@@ -60,6 +76,9 @@ class Metrics:
     consecutive_failures: int
     worker_alive: bool
     recent_errors: list[dict[str, Any]] = field(default_factory=list)
+    spooled: int = 0
+    replayed: int = 0
+    spool: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
@@ -158,10 +177,14 @@ class Counters:
         queue_size: int,
         worker_alive: bool,
         extra_refusals: dict[str, int] | None = None,
+        spooled: int = 0,
+        replayed: int = 0,
+        spool: SpoolFigures | None = None,
     ) -> Metrics:
         """Freeze the counters together with the queue figures the caller read.
 
         ``extra_refusals``: refusals counted without this lock (re-entrant calls), by reason.
+        ``spooled``, ``replayed``: the ledger's spool totals; ``spool``: the file's figures.
         """
         with self.lock:
             refused = self.refused + Counter(extra_refusals or {})
@@ -191,7 +214,25 @@ class Counters:
                 consecutive_failures=self.consecutive_failures,
                 worker_alive=worker_alive,
                 recent_errors=[asdict(e) for e in self.errors],
+                spooled=spooled,
+                replayed=replayed,
+                spool=None if spool is None else _spool_dict(spool),
             )
+
+
+def _spool_dict(figures: SpoolFigures) -> dict[str, Any]:
+    oldest = figures.oldest_tracked_at
+    return {
+        "path": figures.path,
+        "active": figures.active,
+        "rows": figures.rows,
+        "bytes": figures.bytes,
+        "max_bytes": figures.max_bytes,
+        "oldest_age_s": None if oldest is None else max(0.0, time.time() - oldest),
+        "dropped": dict(figures.dropped),
+        "problem": figures.problem,
+        "moved_to": figures.moved_to,
+    }
 
 
 def evaluate_health(metrics: Metrics, *, mode: Mode, notes: list[str] | None = None) -> Health:
@@ -200,7 +241,10 @@ def evaluate_health(metrics: Metrics, *, mode: Mode, notes: list[str] | None = N
     healthy: delivery_rate > 99 %, failure_rate < 1 % and queue_size < 100.
     degraded: delivery_rate > 95 %, failure_rate < 5 % and queue_size < 500.
     critical: anything worse, or events waiting with no worker alive in this process.
-    A send failing right now makes it at least degraded. ``notes`` (local mode, uWSGI settings)
+    A send failing right now makes it at least degraded. With a spool: degraded while events
+    wait in it, when it dropped events for its bound, or when it is unusable (memory only);
+    critical once its oldest event is :data:`SPOOL_CRITICAL_AGE` old or it holds
+    :data:`SPOOL_CRITICAL_SHARE` of its bound. ``notes`` (local mode, uWSGI settings)
     are added to the reasons; a note about settings that lose events makes it degraded.
     """
     reasons: list[str] = []
@@ -233,9 +277,33 @@ def evaluate_health(metrics: Metrics, *, mode: Mode, notes: list[str] | None = N
             "degraded",
             f"the last {m.consecutive_failures} send(s) failed: {m.last_error['message']}",
         )
+    if m.spool is not None:
+        _judge_spool(m.spool, worsen)
     for note in notes or []:
         if note.startswith("uWSGI"):
             worsen("degraded", note)
         else:
             reasons.append(note)
     return Health(status=status, reasons=reasons, mode=mode, metrics=metrics)
+
+
+def _judge_spool(spool: dict[str, Any], worsen: Callable[[HealthStatus, str], None]) -> None:
+    if spool["problem"]:
+        worsen("degraded", f"{spool['problem']}; events are kept in memory only")
+    if spool["moved_to"]:
+        worsen("degraded", f"a corrupt spool file was moved to {spool['moved_to']}")
+    rows, age = spool["rows"], spool["oldest_age_s"]
+    if rows:
+        waited = "" if age is None else f", the oldest {age:.0f} s old"
+        if age is not None and age >= SPOOL_CRITICAL_AGE:
+            worsen("critical", f"{rows} events wait in the spool{waited}")
+        elif spool["bytes"] >= SPOOL_CRITICAL_SHARE * spool["max_bytes"]:
+            worsen(
+                "critical",
+                f"the spool holds {spool['bytes']} of its {spool['max_bytes']} bytes",
+            )
+        else:
+            worsen("degraded", f"{rows} events wait in the spool{waited}")
+    dropped = sum(spool["dropped"].values())
+    if dropped:
+        worsen("degraded", f"the spool dropped its {dropped} oldest events (size bound)")

@@ -46,6 +46,8 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
         "ANALYTICS_QUEUE_ENVIRONMENT": "staging",
         "ANALYTICS_QUEUE_STRICT": "yes",
         "ANALYTICS_QUEUE_DISABLED": "1",
+        "ANALYTICS_QUEUE_SPOOL_PATH": "/var/spool/analytics.db",
+        "ANALYTICS_QUEUE_SPOOL_MAX_BYTES": "1048576",
     }
     config = build_config(env=env)
     assert config.api_key == "phc_env"
@@ -55,6 +57,8 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
     assert config.shutdown_timeout == 1.5 and config.timeout == 3.0
     assert config.gzip is False and config.strict is True and config.disabled is True
     assert (config.app_version, config.environment) == ("2.0.0", "staging")
+    assert config.spool_path == "/var/spool/analytics.db"
+    assert config.spool_max_bytes == 1_048_576
     assert set(OPTION_NAMES) == {
         n.removeprefix("ANALYTICS_QUEUE_").lower() for n in env if n.startswith("ANALYTICS")
     }

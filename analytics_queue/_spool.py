@@ -1,0 +1,393 @@
+"""The spool store: a SQLite file where serialized events wait until PostHog acknowledges them.
+
+One table of rows, oldest first by ``id`` (AUTOINCREMENT: an id is never reused, so a stale id
+can never name another event). A row holds the event's JSON bytes exactly as sent (its uuid and
+timestamp inside), the wall time it was tracked, and a *lease*: the owner (``host:pid``) and the
+wall time until which no one else may take it. Leases make one file safe to share between
+processes (gunicorn workers): :meth:`Spool.claim` takes the oldest unleased rows in one write
+transaction, so two processes never hold the same row; a row whose lease expired, or whose owner
+is a process of this host that no longer exists, can be claimed by anyone.
+
+The file is opened in WAL mode with ``synchronous=NORMAL``: a committed row survives the process
+being killed (``kill -9``, the OOM killer); a power cut may lose the last commits. The store is
+bounded by ``max_bytes`` of used pages: past it, the oldest unleased rows are deleted and counted.
+
+Every SQLite failure surfaces as :class:`SpoolError` with a ``kind`` the caller acts on.
+
+Thread safety: not thread-safe; one thread at a time uses a :class:`Spool` (the worker holds its
+send lock). Several processes may open the same path at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Final, Literal, NamedTuple
+
+#: How long SQLite waits for another process's write lock before giving up, milliseconds.
+BUSY_TIMEOUT_MS: Final = 2000
+#: The default lease on claimed rows, seconds (the worker passes its own, above its timeout).
+DEFAULT_LEASE: Final = 60.0
+
+# SQLite's primary result codes (https://sqlite.org/rescode.html) ...
+_PERM, _BUSY, _LOCKED, _READONLY, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 3, 5, 6, 8, 11, 13, 14, 26
+# ... and SQLITE_IOERR_WRITE: a write refused by the file system (a file size limit, a quota).
+_IOERR_WRITE = 778
+
+SpoolErrorKind = Literal["busy", "full", "read_only", "corrupt", "unavailable"]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    data BLOB NOT NULL,
+    tracked_at REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
+    lease_until REAL NOT NULL DEFAULT 0
+)
+"""
+
+
+class SpoolError(Exception):
+    """A spool operation failed; ``kind`` says how.
+
+    ``busy``: another process held the file too long (try again later); ``full``: the disk,
+    a quota or the file size limit refused a write; ``read_only``: the path cannot be written; ``corrupt``: the
+    file is not a usable SQLite database (move it aside); ``unavailable``: anything else.
+    """
+
+    def __init__(self, kind: SpoolErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind: SpoolErrorKind = kind
+
+
+class Row(NamedTuple):
+    """One spooled event: its row id, its JSON bytes and when it was tracked (wall time)."""
+
+    id: int
+    data: bytes
+    tracked_at: float
+
+
+class SpoolStats(NamedTuple):
+    """What the file holds: rows, used bytes, the oldest row's tracked_at, the file's size."""
+
+    rows: int
+    bytes: int
+    oldest_tracked_at: float | None
+    file_bytes: int
+
+
+def _classify(exc: BaseException) -> SpoolErrorKind:
+    if isinstance(exc, PermissionError):
+        return "read_only"
+    if isinstance(exc, OSError):
+        return "full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "unavailable"
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(exc).lower()
+    if primary in (_BUSY, _LOCKED) or "locked" in text:
+        return "busy"
+    if primary == _FULL or code == _IOERR_WRITE or "disk is full" in text:
+        return "full"
+    if primary in (_READONLY, _PERM, _CANTOPEN):
+        return "read_only"
+    if primary in (_CORRUPT, _NOTADB) or "malformed" in text:
+        return "corrupt"
+    if "not a database" in text:
+        return "corrupt"
+    return "unavailable"
+
+
+def _error(exc: BaseException, doing: str) -> SpoolError:
+    kind = _classify(exc)
+    return SpoolError(kind, f"spool {doing}: {type(exc).__name__}: {exc}")
+
+
+def this_owner() -> str:
+    """The lease owner name of this process: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_exists(pid: int) -> bool:
+    """True when a process with ``pid`` exists on this host (it may be another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, it is not ours
+        return True
+    return True
+
+
+class Spool:
+    """The SQLite store of spooled events, with per-batch leases and a size bound.
+
+    Args:
+        path: the database file; its directory must exist. Created when missing.
+        max_bytes: past this many used bytes, the oldest unleased rows are deleted.
+        lease: seconds a claim holds its rows before others may take them.
+        owner: this holder's lease name (default ``host:pid``).
+        clock: wall-clock seconds, for leases.
+        alive: whether a pid of this host still runs (rows of a dead owner are free at once).
+
+    Raises:
+        SpoolError: the file cannot be opened or is not a spool database.
+
+    Not thread-safe: one thread at a time (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        lease: float = DEFAULT_LEASE,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+        alive: Callable[[int], bool] = process_exists,
+    ) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.lease = lease
+        self.owner = owner or this_owner()
+        self._host = self.owner.rpartition(":")[0]
+        self._clock = clock
+        self._alive = alive
+        try:
+            self._db = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except (sqlite3.Error, OSError) as exc:
+            raise _error(exc, "open") from None
+        try:
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise SpoolError("read_only", f"spool open: cannot switch to WAL (mode {mode})")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+            self._db.execute("SELECT id FROM events LIMIT 1").fetchall()  # reads a page
+            self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        except SpoolError:
+            self._db.close()
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            self._db.close()
+            raise _error(exc, "open") from None
+
+    def close(self) -> None:
+        """Close the connection (committed rows stay in the file)."""
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def add(self, events: Sequence[tuple[bytes, float]], *, lease: bool) -> tuple[list[int], int]:
+        """Append ``(data, tracked_at)`` rows, leased to this holder when ``lease`` is True.
+
+        Returns the new row ids (in order) and how many of the oldest rows the size bound
+        deleted to make room.
+        """
+        if not events:
+            return [], 0
+        now = self._clock()
+        owner, until = (self.owner, now + self.lease) if lease else ("", 0.0)
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                first = self._next_id()
+                self._db.executemany(
+                    "INSERT INTO events (data, tracked_at, owner, lease_until) VALUES (?,?,?,?)",
+                    [(data, tracked_at, owner, until) for data, tracked_at in events],
+                )
+                dropped = self._trim(now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            raise _error(exc, "write") from None
+        return list(range(first, first + len(events))), dropped
+
+    def _next_id(self) -> int:
+        # Inside the write transaction nobody else inserts: AUTOINCREMENT hands out the next
+        # ids in order, one above the largest ever used.
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return (int(row[0]) if row else 0) + 1
+
+    def _trim(self, now: float) -> int:
+        used = self._used_bytes()
+        dropped = 0
+        for _ in range(8):
+            if used <= self.max_bytes:
+                break
+            rows = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            if rows == 0:
+                break
+            per_row = max(1.0, used / rows)
+            count = max(1, math.ceil((used - self.max_bytes) / per_row) + 1)
+            cursor = self._db.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events "
+                "WHERE lease_until < ? OR owner = ? ORDER BY id LIMIT ?)",
+                (now, self.owner, count),
+            )
+            if cursor.rowcount <= 0:
+                break
+            dropped += cursor.rowcount
+            used = self._used_bytes()
+        return dropped
+
+    def claim(self, limit: int) -> list[Row]:
+        """Lease and return up to ``limit`` of the oldest rows nobody else holds."""
+        now = self._clock()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._free_dead_owners(now)
+                rows = self._db.execute(
+                    "SELECT id, data, tracked_at FROM events WHERE lease_until < ? "
+                    "ORDER BY id LIMIT ?",
+                    (now, limit),
+                ).fetchall()
+                if rows:
+                    self._set_lease([r[0] for r in rows], self.owner, now + self.lease)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            raise _error(exc, "claim") from None
+        return [Row(int(r[0]), bytes(r[1]), float(r[2])) for r in rows]
+
+    def _free_dead_owners(self, now: float) -> None:
+        holders = self._db.execute(
+            "SELECT DISTINCT owner FROM events WHERE lease_until >= ? AND owner != ?",
+            (now, self.owner),
+        ).fetchall()
+        for (holder,) in holders:
+            host, _, pid = str(holder).rpartition(":")
+            if host == self._host and pid.isdigit() and not self._alive(int(pid)):
+                self._db.execute(
+                    "UPDATE events SET owner = '', lease_until = 0 WHERE owner = ?", (holder,)
+                )
+
+    def ack(self, ids: Iterable[int]) -> None:
+        """Delete rows that reached a final state (delivered, or refused for good)."""
+        self._write("DELETE FROM events WHERE id = ?", [(i,) for i in ids], "delete")
+
+    def release(self, ids: Iterable[int]) -> None:
+        """End this holder's lease on rows: anyone may claim them again."""
+        params = [(i, self.owner) for i in ids]
+        sql = "UPDATE events SET owner = '', lease_until = 0 WHERE id = ? AND owner = ?"
+        self._write(sql, params, "release")
+
+    def renew(self, ids: Iterable[int]) -> None:
+        """Extend this holder's lease on rows by another full lease from now."""
+        until = self._clock() + self.lease
+        params = [(until, i, self.owner) for i in ids]
+        self._write("UPDATE events SET lease_until = ? WHERE id = ? AND owner = ?", params, "renew")
+
+    def _set_lease(self, ids: list[int], owner: str, until: float) -> None:
+        self._db.executemany(
+            "UPDATE events SET owner = ?, lease_until = ? WHERE id = ?",
+            [(owner, until, i) for i in ids],
+        )
+
+    def _write(self, sql: str, params: Sequence[tuple[object, ...]], doing: str) -> None:
+        if not params:
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, params)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            raise _error(exc, doing) from None
+
+    def _rollback(self) -> None:
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the file and truncate it: frees disk after a write was refused."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except (sqlite3.Error, OSError) as exc:
+            raise _error(exc, "checkpoint") from None
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _used_bytes(self) -> int:
+        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        return (pages - free) * self._page_size
+
+    def stats(self) -> SpoolStats:
+        """Rows, used bytes, the oldest row's tracked_at and the file's size (WAL included)."""
+        try:
+            rows = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            oldest = self._db.execute(
+                "SELECT tracked_at FROM events ORDER BY id LIMIT 1"
+            ).fetchone()
+            used = self._used_bytes()
+        except (sqlite3.Error, OSError) as exc:
+            raise _error(exc, "read") from None
+        oldest_at = None if oldest is None else float(oldest[0])
+        return SpoolStats(rows, used, oldest_at, file_size(self.path))
+
+    def claimable(self) -> bool:
+        """True when some row is not leased (or its lease expired)."""
+        try:
+            row = self._db.execute(
+                "SELECT 1 FROM events WHERE lease_until < ? LIMIT 1", (self._clock(),)
+            ).fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise _error(exc, "read") from None
+        return row is not None
+
+
+def file_size(path: Path) -> int:
+    """The bytes of the database file and its WAL on disk (0 for what does not exist)."""
+    total = 0
+    for suffix in ("", "-wal"):
+        try:
+            total += os.stat(f"{path}{suffix}").st_size
+        except OSError:
+            pass
+    return total
+
+
+def move_aside(path: Path, clock: Callable[[], float] = time.time) -> Path:
+    """Rename a broken spool file (and its -wal and -shm) to ``<name>.broken-<time>``.
+
+    Returns the new path of the main file.
+
+    Raises:
+        OSError: the rename failed (a read-only directory).
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(clock()))
+    target = path.with_name(f"{path.name}.broken-{stamp}-{os.getpid()}")
+    os.replace(path, target)
+    for suffix in ("-wal", "-shm"):
+        try:
+            os.replace(f"{path}{suffix}", f"{target}{suffix}")
+        except FileNotFoundError:
+            pass
+    return target

@@ -1,0 +1,322 @@
+"""The worker's side of the spool: write-ahead, replay, hand-over, and what to do when disk fails.
+
+:class:`SpoolKeeper` speaks the pump's language (:class:`~analytics_queue._ledger.Pending`) and
+owns every decision about the file:
+
+- it opens the :class:`~analytics_queue._spool.Spool` lazily, on the worker's first use, so
+  ``track()`` and the constructor never touch the disk;
+- a corrupt file is moved aside (``<name>.broken-<time>-<pid>``) and a fresh one opened;
+- a full disk stops new writes only: what the file holds is still replayed and removed, new
+  events stay in memory, and writing is tried again after :data:`RETRY_AFTER` seconds;
+- a read-only path or any other failure turns it *off*: every method then returns what it was
+  given untouched, the pump goes on in memory only, and the file is tried again after
+  :data:`RETRY_AFTER` seconds;
+- :meth:`SpoolKeeper.figures` says what happened;
+- a busy file (another process held the write lock too long) is skipped this time only.
+
+Thread safety: every method that touches the file holds the keeper's I/O lock (in practice
+only the pump calls them, under its send lock); :meth:`SpoolKeeper.figures` reads a snapshot
+under a separate lock and never touches the file. Safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from analytics_queue._ledger import REPLAYED, Pending
+from analytics_queue._spool import Spool, SpoolError, SpoolStats, move_aside
+
+logger = logging.getLogger(__name__)
+
+#: After a failure other than ``busy``, the file is tried again this many seconds later.
+RETRY_AFTER: Final = 30.0
+#: The figures (rows, bytes, oldest) are read from the file at most this often, seconds.
+STATS_INTERVAL: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolFigures:
+    """The spool as the metrics show it.
+
+    Attributes:
+        path: the spool file.
+        max_bytes: its bound.
+        active: True while the file is in use (False: memory only, see ``problem``).
+        rows: events waiting in the file (of every process sharing it).
+        bytes: bytes the file uses for them.
+        oldest_tracked_at: when the oldest waiting event was tracked (wall time), or None.
+        dropped: rows deleted by this process, by reason (``spool_full``: the size bound).
+        problem: what went wrong with the file last, or None.
+        moved_to: where a corrupt file was moved, or None.
+    """
+
+    path: str
+    active: bool
+    max_bytes: int
+    rows: int = 0
+    bytes: int = 0
+    oldest_tracked_at: float | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+    problem: str | None = None
+    moved_to: str | None = None
+
+
+class SpoolKeeper:
+    """Writes, replays and hands over events to one spool file for the pump.
+
+    Args:
+        path: the spool file (its directory must exist).
+        max_bytes: the file's bound; the oldest rows go past it.
+        lease: seconds a claimed batch is held before other processes may take it.
+        clock: wall-clock seconds.
+        monotonic: the clock of the retry and refresh intervals.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_bytes: int,
+        lease: float,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self._max_bytes = max_bytes
+        self._lease = lease
+        self._clock = clock
+        self._monotonic = monotonic
+        self._store: Spool | None = None
+        self._retry_at = 0.0  # monotonic: when a failed file is tried again
+        self._write_at = 0.0  # monotonic: when writing is tried again after a full disk
+        self._stats_at = -STATS_INTERVAL
+        self._claimable = True
+        self._io = threading.RLock()  # one thread at a time on the file
+        self._lock = threading.Lock()  # guards the figures below
+        self._stats = SpoolStats(0, 0, None, 0)
+        self._dropped: Counter[str] = Counter()
+        self._problem: str | None = None
+        self._moved_to: str | None = None
+
+    # -- the file ---------------------------------------------------------------------------
+
+    def _open(self) -> Spool | None:
+        if self._store is not None:
+            return self._store
+        if self._monotonic() < self._retry_at:
+            return None
+        try:
+            self._store = self._open_or_move_aside()
+        except SpoolError as exc:
+            self._failed(exc)
+            return None
+        self._stats_at = -STATS_INTERVAL
+        self._claimable = True
+        if not self._write_at:
+            self._recovered()
+        return self._store
+
+    def _recovered(self) -> None:
+        with self._lock:
+            if self._problem is not None:
+                logger.info("analytics spool %s is in use again", self.path)
+            self._problem = None
+
+    def _open_or_move_aside(self) -> Spool:
+        try:
+            return Spool(self.path, max_bytes=self._max_bytes, lease=self._lease)
+        except SpoolError as exc:
+            if exc.kind != "corrupt":
+                raise
+            try:
+                moved = move_aside(self.path)
+            except OSError as move_error:
+                raise SpoolError("corrupt", f"{exc}; cannot move it aside: {move_error}") from None
+            logger.error("analytics spool %s was corrupt (%s); moved to %s", self.path, exc, moved)
+            with self._lock:
+                self._moved_to = str(moved)
+            return Spool(self.path, max_bytes=self._max_bytes, lease=self._lease)
+
+    def _failed(self, exc: SpoolError) -> None:
+        if exc.kind == "busy":
+            logger.debug("analytics spool busy: %s", exc)
+            return
+        if exc.kind == "full":  # reading and removing still work: only writing waits
+            self._write_at = self._monotonic() + RETRY_AFTER
+            if self._store is not None:
+                try:  # a WAL that cannot grow would block the removals as well
+                    self._store.checkpoint()
+                except SpoolError:
+                    pass
+        elif self._store is not None:
+            self._store.close()
+            self._store = None
+        self._retry_at = self._monotonic() + RETRY_AFTER
+        problem = f"spool {exc.kind}: {exc}"
+        with self._lock:
+            first = self._problem is None
+            self._problem = problem
+        logger.log(
+            logging.ERROR if first else logging.DEBUG,
+            "analytics spool %s unusable (%s); events are kept in memory only",
+            self.path,
+            problem,
+        )
+        if exc.kind == "corrupt":  # found mid-run: the next open moves it aside
+            self._retry_at = 0.0
+
+    def close(self) -> None:
+        """Close the file (rows stay in it)."""
+        with self._io:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    # -- what the pump calls ----------------------------------------------------------------
+
+    def write_ahead(self, pendings: list[Pending]) -> list[Pending]:
+        """Write the events not yet in the file, leased to this process, before their send.
+
+        Returns the events with their row ids; unchanged when the file cannot be written.
+        """
+        with self._io:
+            new = [p for p in pendings if p.row is None]
+            if not new:
+                return pendings
+            ids = self._add(new, lease=True)
+            if ids is None:
+                return pendings
+            rows = iter(ids)
+            return [p if p.row is not None else p._replace(row=next(rows)) for p in pendings]
+
+    def keep(self, pendings: Sequence[Pending]) -> list[Pending]:
+        """Hand ``pendings`` over to the file for later (they leave memory).
+
+        Rows already in the file are released (anyone may send them); the others are written.
+        Returns the events the file could not take: they stay the caller's.
+        """
+        with self._io:
+            if not pendings or self._open() is None:
+                return list(pendings)
+            on_disk = [p.row for p in pendings if p.row is not None]
+            new = [p for p in pendings if p.row is None]
+            if on_disk and not self._run(lambda store: store.release(on_disk)):
+                return list(pendings)
+            if new and self._add(new, lease=False) is None:
+                return new
+            self._claimable = True
+            return []
+
+    def claim(self, limit: int) -> list[Pending]:
+        """Take up to ``limit`` of the oldest rows nobody holds, leased to this process."""
+        with self._io:
+            store = self._open()
+            if store is None:
+                return []
+            try:
+                rows = store.claim(limit)
+            except SpoolError as exc:
+                self._failed(exc)
+                return []
+            if len(rows) < limit:
+                self._claimable = False  # until the next refresh or hand-over
+            return [Pending(REPLAYED, row.data, row.tracked_at, row.id) for row in rows]
+
+    def ack(self, pendings: Sequence[Pending]) -> None:
+        """Remove the rows of events that reached a final state."""
+        with self._io:
+            rows = [p.row for p in pendings if p.row is not None]
+            if rows and self._run(lambda store: store.ack(rows)) and not self._claimable:
+                self.refresh(force=True)  # the file may be empty now: let the figures say so
+
+    def renew(self, pendings: Sequence[Pending]) -> None:
+        """Extend this process's lease on the rows of ``pendings`` (a long send ahead)."""
+        with self._io:
+            rows = [p.row for p in pendings if p.row is not None]
+            if rows:
+                self._run(lambda store: store.renew(rows))
+
+    def waiting(self) -> int:
+        """Rows this process could replay now (0 when none or the file is off)."""
+        with self._io:
+            if self._open() is None:
+                return 0
+            self.refresh()
+            return self._stats.rows if self._claimable else 0
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Read the figures from the file (at most every :data:`STATS_INTERVAL` seconds)."""
+        with self._io:
+            store = self._store
+            now = self._monotonic()
+            if store is None or (not force and now - self._stats_at < STATS_INTERVAL):
+                return
+            self._stats_at = now
+            try:
+                stats = store.stats()
+                self._claimable = self._claimable or store.claimable()
+            except SpoolError as exc:
+                self._failed(exc)
+                return
+            if stats.rows == 0:
+                self._claimable = False
+            with self._lock:
+                self._stats = stats
+
+    def figures(self) -> SpoolFigures:
+        """The latest figures; safe to call from any thread (never touches the file)."""
+        with self._lock:
+            stats = self._stats
+            return SpoolFigures(
+                path=str(self.path),
+                active=self._problem is None,
+                max_bytes=self._max_bytes,
+                rows=stats.rows,
+                bytes=stats.bytes,
+                oldest_tracked_at=stats.oldest_tracked_at,
+                dropped=dict(self._dropped),
+                problem=self._problem,
+                moved_to=self._moved_to,
+            )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _add(self, pendings: list[Pending], *, lease: bool) -> list[int] | None:
+        store = self._open()
+        if store is None or self._monotonic() < self._write_at:
+            return None
+        try:
+            ids, dropped = store.add([(p.data, p.tracked_at) for p in pendings], lease=lease)
+        except SpoolError as exc:
+            self._failed(exc)
+            return None
+        if self._write_at:
+            self._write_at = 0.0
+            self._recovered()
+        if dropped:
+            with self._lock:
+                self._dropped["spool_full"] += dropped
+            logger.warning(
+                "analytics spool over %d bytes: the %d oldest event(s) were dropped",
+                self._max_bytes,
+                dropped,
+            )
+        return ids
+
+    def _run(self, action: Callable[[Spool], None]) -> bool:
+        store = self._open()
+        if store is None:
+            return False
+        try:
+            action(store)
+        except SpoolError as exc:
+            self._failed(exc)
+            return False
+        return True
