@@ -57,8 +57,9 @@ class SpoolError(Exception):
     """A spool operation failed; ``kind`` says how.
 
     ``busy``: another process held the file too long (try again later); ``full``: the disk,
-    a quota or the file size limit refused a write; ``read_only``: the path cannot be written; ``corrupt``: the
-    file is not a usable SQLite database (move it aside); ``unavailable``: anything else.
+    a quota or the file size limit refused a write; ``read_only``: the path cannot be written;
+    ``corrupt``: the file is not a usable SQLite database (move it aside); ``unavailable``:
+    anything else.
     """
 
     def __init__(self, kind: SpoolErrorKind, message: str) -> None:
@@ -159,6 +160,10 @@ class Spool:
         self._host = self.owner.rpartition(":")[0]
         self._clock = clock
         self._alive = alive
+        # The used size is read (two pragmas) once this many bytes were added since the last
+        # read, not on every write: the bound is exceeded by at most about 1/64 of itself.
+        self._check_every = max_bytes // 64
+        self._unchecked = self._check_every
         try:
             self._db = sqlite3.connect(
                 self.path,
@@ -193,25 +198,33 @@ class Spool:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def add(self, events: Sequence[tuple[bytes, float]], *, lease: bool) -> tuple[list[int], int]:
+    def add(
+        self, events: Sequence[tuple[bytes, float]], *, lease: bool, remove: Sequence[int] = ()
+    ) -> tuple[list[int], int]:
         """Append ``(data, tracked_at)`` rows, leased to this holder when ``lease`` is True.
 
-        Returns the new row ids (in order) and how many of the oldest rows the size bound
-        deleted to make room.
+        ``remove``: rows to delete in the same transaction (acknowledged ones: one commit
+        instead of two). Returns the new row ids (in order) and how many of the oldest rows
+        the size bound deleted to make room.
         """
         if not events:
+            self.ack(remove)
             return [], 0
         now = self._clock()
         owner, until = (self.owner, now + self.lease) if lease else ("", 0.0)
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._delete(remove)
                 first = self._next_id()
                 self._db.executemany(
                     "INSERT INTO events (data, tracked_at, owner, lease_until) VALUES (?,?,?,?)",
                     [(data, tracked_at, owner, until) for data, tracked_at in events],
                 )
-                dropped = self._trim(now)
+                self._unchecked += sum(len(data) for data, _ in events)
+                dropped = 0
+                if self._unchecked >= self._check_every:
+                    dropped, self._unchecked = self._trim(now), 0
                 self._db.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -286,6 +299,10 @@ class Spool:
         """Delete rows that reached a final state (delivered, or refused for good)."""
         self._write("DELETE FROM events WHERE id = ?", [(i,) for i in ids], "delete")
 
+    def _delete(self, ids: Sequence[int]) -> None:
+        if ids:
+            self._db.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in ids])
+
     def release(self, ids: Iterable[int]) -> None:
         """End this holder's lease on rows: anyone may claim them again."""
         params = [(i, self.owner) for i in ids]
@@ -353,10 +370,12 @@ class Spool:
         return SpoolStats(rows, used, oldest_at, file_size(self.path))
 
     def claimable(self) -> bool:
-        """True when some row is not leased (or its lease expired)."""
+        """True when a claim may find rows: some row is free, or held by another holder (who
+        may have died: :meth:`claim` frees the rows of a dead process of this host)."""
         try:
             row = self._db.execute(
-                "SELECT 1 FROM events WHERE lease_until < ? LIMIT 1", (self._clock(),)
+                "SELECT 1 FROM events WHERE lease_until < ? OR owner != ? LIMIT 1",
+                (self._clock(), self.owner),
             ).fetchone()
         except (sqlite3.Error, OSError) as exc:
             raise _error(exc, "read") from None

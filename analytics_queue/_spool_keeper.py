@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER: Final = 30.0
 #: The figures (rows, bytes, oldest) are read from the file at most this often, seconds.
 STATS_INTERVAL: Final = 1.0
+#: Acknowledged rows wait for the next write at most this many: then they are deleted at once.
+ACK_AT_MOST: Final = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,7 @@ class SpoolKeeper:
         self._write_at = 0.0  # monotonic: when writing is tried again after a full disk
         self._stats_at = -STATS_INTERVAL
         self._claimable = True
+        self._acked: list[int] = []  # delivered rows not yet deleted: see ack()
         self._io = threading.RLock()  # one thread at a time on the file
         self._lock = threading.Lock()  # guards the figures below
         self._stats = SpoolStats(0, 0, None, 0)
@@ -173,8 +176,9 @@ class SpoolKeeper:
             self._retry_at = 0.0
 
     def close(self) -> None:
-        """Close the file (rows stay in it)."""
+        """Delete the acknowledged rows, then close the file (the other rows stay in it)."""
         with self._io:
+            self.settle()
             if self._store is not None:
                 self._store.close()
                 self._store = None
@@ -190,7 +194,7 @@ class SpoolKeeper:
             new = [p for p in pendings if p.row is None]
             if not new:
                 return pendings
-            ids = self._add(new, lease=True)
+            ids = self._add(new, lease=True, remove=self._acked)
             if ids is None:
                 return pendings
             rows = iter(ids)
@@ -218,7 +222,7 @@ class SpoolKeeper:
         """Take up to ``limit`` of the oldest rows nobody holds, leased to this process."""
         with self._io:
             store = self._open()
-            if store is None:
+            if store is None or not self._claimable:
                 return []
             try:
                 rows = store.claim(limit)
@@ -230,10 +234,24 @@ class SpoolKeeper:
             return [Pending(REPLAYED, row.data, row.tracked_at, row.id) for row in rows]
 
     def ack(self, pendings: Sequence[Pending]) -> None:
-        """Remove the rows of events that reached a final state."""
+        """Remove the rows of events that reached a final state.
+
+        The rows are deleted in the transaction of the next write-ahead, or by :meth:`settle`,
+        which the pump calls before it waits: one commit per batch instead of two. A process
+        killed in between sends those rows again (at most the step that follows a delivery).
+        """
         with self._io:
-            rows = [p.row for p in pendings if p.row is not None]
-            if rows and self._run(lambda store: store.ack(rows)) and not self._claimable:
+            self._acked.extend(p.row for p in pendings if p.row is not None)
+            if len(self._acked) >= ACK_AT_MOST:
+                self.settle()
+
+    def settle(self) -> None:
+        """Delete the acknowledged rows now (the pump is about to wait, or to end)."""
+        with self._io:
+            if not self._acked:
+                return
+            rows, self._acked = self._acked, []
+            if self._run(lambda store: store.ack(rows)) and not self._claimable:
                 self.refresh(force=True)  # the file may be empty now: let the figures say so
 
     def renew(self, pendings: Sequence[Pending]) -> None:
@@ -288,15 +306,20 @@ class SpoolKeeper:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _add(self, pendings: list[Pending], *, lease: bool) -> list[int] | None:
+    def _add(
+        self, pendings: list[Pending], *, lease: bool, remove: list[int] | None = None
+    ) -> list[int] | None:
         store = self._open()
         if store is None or self._monotonic() < self._write_at:
             return None
+        rows = [(p.data, p.tracked_at) for p in pendings]
         try:
-            ids, dropped = store.add([(p.data, p.tracked_at) for p in pendings], lease=lease)
+            ids, dropped = store.add(rows, lease=lease, remove=remove or ())
         except SpoolError as exc:
             self._failed(exc)
             return None
+        if remove:
+            remove.clear()
         if self._write_at:
             self._write_at = 0.0
             self._recovered()

@@ -253,6 +253,8 @@ class Worker:
                     self._spool_rest()
                     return
                 if not decision.send:
+                    if self.spool is not None:
+                        self._spool_before_wait()
                     if decision.backing_off and self.spool is not None:
                         self._spool_while_down(decision.seconds)
                         continue
@@ -266,6 +268,13 @@ class Worker:
 
     def _run_here(self, deadline: float, target: int | None) -> bool:
         """Send on the calling thread until ``target`` (or everything) is final or ``deadline``."""
+        try:
+            return self._run_here_steps(deadline, target)
+        finally:
+            if self.spool is not None:
+                self.spool.settle()  # delete what was delivered before returning
+
+    def _run_here_steps(self, deadline: float, target: int | None) -> bool:
         pause = threading.Event()
         with guarded():
             while True:
@@ -310,6 +319,12 @@ class Worker:
             return self._policy.decide(now, pending=pending, retrying=retrying, oldest_age=age)
 
     # -- the spool's hooks ------------------------------------------------------------------
+
+    def _spool_before_wait(self) -> None:
+        """Delete the rows of what was delivered before the pump rests."""
+        assert self.spool is not None
+        with self._send_lock:
+            self.spool.settle()
 
     def _spool_while_down(self, seconds: float) -> None:
         """While backing off: wait a little, then move what waits in the buffer to disk."""
