@@ -217,10 +217,12 @@ class Spool:
             try:
                 self._delete(remove)
                 first = self._next_id()
-                self._db.executemany(
-                    "INSERT INTO events (data, tracked_at, owner, lease_until) VALUES (?,?,?,?)",
-                    [(data, tracked_at, owner, until) for data, tracked_at in events],
-                )
+                self._db.executemany("INSERT INTO events (data, tracked_at) VALUES (?,?)", events)
+                if lease:
+                    self._db.execute(
+                        "UPDATE events SET owner = ?, lease_until = ? WHERE id BETWEEN ? AND ?",
+                        (owner, until, first, first + len(events) - 1),
+                    )
                 self._unchecked += sum(len(data) for data, _ in events)
                 dropped = 0
                 if self._unchecked >= self._check_every:
@@ -273,8 +275,12 @@ class Spool:
                     "ORDER BY id LIMIT ?",
                     (now, limit),
                 ).fetchall()
-                if rows:
-                    self._set_lease([r[0] for r in rows], self.owner, now + self.lease)
+                if rows:  # the rows selected are exactly the free ones in [first, last]
+                    self._db.execute(
+                        "UPDATE events SET owner = ?, lease_until = ? "
+                        "WHERE id BETWEEN ? AND ? AND lease_until < ?",
+                        (self.owner, now + self.lease, rows[0][0], rows[-1][0], now),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -297,29 +303,24 @@ class Spool:
 
     def ack(self, ids: Iterable[int]) -> None:
         """Delete rows that reached a final state (delivered, or refused for good)."""
-        self._write("DELETE FROM events WHERE id = ?", [(i,) for i in ids], "delete")
+        self._write("DELETE FROM events WHERE id BETWEEN ? AND ?", _ranges(ids), "delete")
 
     def _delete(self, ids: Sequence[int]) -> None:
         if ids:
-            self._db.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in ids])
+            self._db.executemany("DELETE FROM events WHERE id BETWEEN ? AND ?", _ranges(ids))
 
     def release(self, ids: Iterable[int]) -> None:
         """End this holder's lease on rows: anyone may claim them again."""
-        params = [(i, self.owner) for i in ids]
-        sql = "UPDATE events SET owner = '', lease_until = 0 WHERE id = ? AND owner = ?"
+        params = [(*span, self.owner) for span in _ranges(ids)]
+        sql = "UPDATE events SET owner = '', lease_until = 0 WHERE id BETWEEN ? AND ? AND owner = ?"
         self._write(sql, params, "release")
 
     def renew(self, ids: Iterable[int]) -> None:
         """Extend this holder's lease on rows by another full lease from now."""
         until = self._clock() + self.lease
-        params = [(until, i, self.owner) for i in ids]
-        self._write("UPDATE events SET lease_until = ? WHERE id = ? AND owner = ?", params, "renew")
-
-    def _set_lease(self, ids: list[int], owner: str, until: float) -> None:
-        self._db.executemany(
-            "UPDATE events SET owner = ?, lease_until = ? WHERE id = ?",
-            [(owner, until, i) for i in ids],
-        )
+        params = [(until, *span, self.owner) for span in _ranges(ids)]
+        sql = "UPDATE events SET lease_until = ? WHERE id BETWEEN ? AND ? AND owner = ?"
+        self._write(sql, params, "renew")
 
     def _write(self, sql: str, params: Sequence[tuple[object, ...]], doing: str) -> None:
         if not params:
@@ -380,6 +381,17 @@ class Spool:
         except (sqlite3.Error, OSError) as exc:
             raise _error(exc, "read") from None
         return row is not None
+
+
+def _ranges(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """Row ids as (first, last) runs of consecutive ids: one statement per run, not per row."""
+    spans: list[tuple[int, int]] = []
+    for i in sorted(ids):
+        if spans and i <= spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], max(i, spans[-1][1]))
+        else:
+            spans.append((i, i))
+    return spans
 
 
 def file_size(path: Path) -> int:

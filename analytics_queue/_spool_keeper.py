@@ -197,6 +197,8 @@ class SpoolKeeper:
             ids = self._add(new, lease=True, remove=self._acked)
             if ids is None:
                 return pendings
+            if len(new) == len(pendings):  # the usual case: every event is new
+                return [Pending(p[0], p[1], p[2], row) for p, row in zip(pendings, ids)]
             rows = iter(ids)
             return [p if p.row is not None else p._replace(row=next(rows)) for p in pendings]
 
@@ -251,8 +253,8 @@ class SpoolKeeper:
             if not self._acked:
                 return
             rows, self._acked = self._acked, []
-            if self._run(lambda store: store.ack(rows)) and not self._claimable:
-                self.refresh(force=True)  # the file may be empty now: let the figures say so
+            if self._run(lambda store: store.ack(rows)) and self._stats.rows:
+                self.refresh(force=True)  # the figures said rows wait: say when they are gone
 
     def renew(self, pendings: Sequence[Pending]) -> None:
         """Extend this process's lease on the rows of ``pendings`` (a long send ahead)."""
@@ -312,7 +314,7 @@ class SpoolKeeper:
         store = self._open()
         if store is None or self._monotonic() < self._write_at:
             return None
-        rows = [(p.data, p.tracked_at) for p in pendings]
+        rows = [(p[1], p[2]) for p in pendings]
         try:
             ids, dropped = store.add(rows, lease=lease, remove=remove or ())
         except SpoolError as exc:
