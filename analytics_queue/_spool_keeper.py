@@ -198,7 +198,8 @@ class SpoolKeeper:
             if ids is None:
                 return pendings
             if len(new) == len(pendings):  # the usual case: every event is new
-                return [Pending(p[0], p[1], p[2], row) for p, row in zip(pendings, ids)]
+                pairs = zip(pendings, ids, strict=True)
+                return [Pending(p[0], p[1], p[2], row) for p, row in pairs]
             rows = iter(ids)
             return [p if p.row is not None else p._replace(row=next(rows)) for p in pendings]
 
