@@ -208,6 +208,10 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                     (),
                 )
             )
+    if results.get("spool", {}).get("summary"):
+        from benchmarks import spool
+
+        goals += spool.goals(results["spool"], _goal)
     return goals
 
 
@@ -510,6 +514,11 @@ def render_markdown(results: dict[str, Any], goals: list[dict[str, Any]]) -> str
                 f"{slow['exit_s']:.2f} s | {down_s} |"
             )
         out += ["", "![exit](latest-exit.png)", ""]
+
+    if results.get("spool", {}).get("summary"):
+        from benchmarks import spool
+
+        out += spool.markdown(results["spool"])
 
     profiles = results.get("profiles", {})
     if profiles:

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks import at_exit, gil, memory, profiling, report, routes, throughput
+from benchmarks import at_exit, gil, memory, profiling, report, routes, spool, throughput
 from benchmarks._common import (
     PYTHON,
     ROOT,
@@ -35,7 +35,7 @@ from benchmarks._common import (
     summarize,
 )
 
-SECTIONS = ("caller_cost", "throughput", "memory", "gil", "routes", "exit")
+SECTIONS = ("caller_cost", "throughput", "memory", "gil", "routes", "exit", "spool")
 CALLER_CASES = {
     "test_floor_put_nowait": "floor",
     "test_ours_track": "ours",
@@ -50,6 +50,7 @@ FULL: dict[str, dict[str, Any]] = {
     "gil": {"blocks": 8, "phase_s": 1.0, "rounds": 2},
     "routes": {"duration": 5.0, "rounds": 5, "warmup": 1.0},
     "exit": {"n": 500, "rounds": 3},
+    "spool": {"steady_s": 10.0, "rounds": 2, "outage": 10.0, "before": 3.0, "after": 3.0},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "throughput": {"n": 2_000, "rounds": 1},
@@ -57,6 +58,14 @@ QUICK: dict[str, dict[str, Any]] = {
     "gil": {"blocks": 2, "phase_s": 0.2, "rounds": 1},
     "routes": {"duration": 1.0, "rounds": 1, "warmup": 0.0},
     "exit": {"n": 50, "rounds": 1, "shutdown_timeout": 1.0},
+    "spool": {
+        "steady_s": 1.0,
+        "rounds": 1,
+        "outage": 1.0,
+        "before": 0.5,
+        "after": 0.5,
+        "drain_timeout": 30.0,
+    },
 }
 
 
@@ -131,6 +140,7 @@ def runners(plan: dict[str, dict[str, Any]], loadgen: str) -> dict[str, Callable
         "gil": lambda: gil.run(log=log, **plan["gil"]),
         "routes": lambda: routes.run(log=log, loadgen=loadgen, **plan["routes"]),
         "exit": lambda: at_exit.run(log=log, **plan["exit"]),
+        "spool": lambda: spool.run(log, **plan["spool"]),
     }
 
 

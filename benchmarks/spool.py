@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         print, steady_s=args.steady, rounds=args.rounds, outage=args.outage, rate=args.rate
     )
     rows = goals(section, _goal)
-    command = "python -m benchmarks.spool " + " ".join(argv or [])
+    command = "python -m benchmarks.spool " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         f"# Spool benchmark, {now.strftime('%Y-%m-%d %H:%M UTC')}",
         "",
