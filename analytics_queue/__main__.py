@@ -22,13 +22,14 @@ from dataclasses import asdict, dataclass
 from typing import TextIO
 
 from analytics_queue._delivery import DeliveryPolicy, Verdict
-from analytics_queue._spool import Row, Spool, SpoolError
+from analytics_queue._spool import Event, Spool, SpoolError
 from analytics_queue.config import build_config
 from analytics_queue.errors import ConfigurationError
 from analytics_queue.transport import PostHogTransport, Transport
 
-#: Events per request while replaying (as the worker sends).
+#: Events and bytes per claim while replaying (each row is sent as the request it was).
 REPLAY_BATCH = 500
+REPLAY_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,27 +67,34 @@ def replay(spool: Spool, transport: Transport, *, timeout: float = 10.0) -> Repl
     """
     sent = rejected = 0
     while True:
-        rows = spool.claim(REPLAY_BATCH)
+        rows = spool.claim(REPLAY_BATCH, REPLAY_BYTES)
         if not rows:
             return ReplayResult(sent, rejected, spool.stats().rows)
-        stack: list[list[Row]] = [rows]
-        while stack:
-            part = stack.pop()
-            result = transport.send([row.data for row in part], timeout)
-            verdict = DeliveryPolicy.judge(result, len(part))
-            if verdict is Verdict.DELIVERED:
-                spool.ack(row.id for row in part)
-                sent += len(part)
-            elif verdict is Verdict.SPLIT:
-                middle = len(part) // 2
-                stack.extend((part[middle:], part[:middle]))
-            elif verdict is Verdict.REJECTED:
-                spool.ack(row.id for row in part)
-                rejected += len(part)
-            else:
-                spool.release([row.id for sub in (part, *stack) for row in sub])
-                error = result.error or f"HTTP {result.status}"
-                return ReplayResult(sent, rejected, spool.stats().rows, error)
+        for index, row in enumerate(rows):
+            stack: list[list[Event]] = [row.events]
+            done = 0  # events of this row that reached a final state
+            while stack:
+                part = stack.pop()
+                result = transport.send([data for data, _ in part], timeout)
+                verdict = DeliveryPolicy.judge(result, len(part))
+                if verdict is Verdict.SPLIT:
+                    middle = len(part) // 2
+                    stack.extend((part[middle:], part[:middle]))
+                    continue
+                if verdict is Verdict.RETRY:
+                    if done:  # keep only what is not final yet
+                        spool.replace(row.id, [e for sub in (part, *stack) for e in sub])
+                    else:
+                        spool.release([row.id])
+                    spool.release(r.id for r in rows[index + 1 :])
+                    error = result.error or f"HTTP {result.status}"
+                    return ReplayResult(sent, rejected, spool.stats().rows, error)
+                done += len(part)
+                if verdict is Verdict.DELIVERED:
+                    sent += len(part)
+                else:
+                    rejected += len(part)
+            spool.ack([row.id])
 
 
 def _parser() -> argparse.ArgumentParser:

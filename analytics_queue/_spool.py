@@ -1,16 +1,19 @@
 """The spool store: a SQLite file where serialized events wait until PostHog acknowledges them.
 
 One table of rows, oldest first by ``id`` (AUTOINCREMENT: an id is never reused, so a stale id
-can never name another event). A row holds the event's JSON bytes exactly as sent (its uuid and
-timestamp inside), the wall time it was tracked, and a *lease*: the owner (``host:pid``) and the
-wall time until which no one else may take it. Leases make one file safe to share between
-processes (gunicorn workers): :meth:`Spool.claim` takes the oldest unleased rows in one write
-transaction, so two processes never hold the same row; a row whose lease expired, or whose owner
-is a process of this host that no longer exists, can be claimed by anyone.
+can never name another row). A row is one *batch*: its events' JSON bytes exactly as sent (each
+with its uuid and timestamp inside, one per line: compact JSON holds no raw newline), their
+tracked times (packed doubles), their count, and a *lease*: the owner (``host:pid``) and the wall
+time until which no one else may take it. One row per batch keeps the spool's cost per request,
+not per event. Leases make one file safe to share between processes (gunicorn workers):
+:meth:`Spool.claim` takes the oldest unleased rows in one write transaction, so two processes
+never hold the same row; a row whose lease expired, or whose owner is a process of this host
+that no longer exists, can be claimed by anyone.
 
 The file is opened in WAL mode with ``synchronous=NORMAL``: a committed row survives the process
 being killed (``kill -9``, the OOM killer); a power cut may lose the last commits. The store is
-bounded by ``max_bytes`` of used pages: past it, the oldest unleased rows are deleted and counted.
+bounded by ``max_bytes`` of used pages: past it, the oldest unleased rows are deleted and their
+events counted.
 
 Every SQLite failure surfaces as :class:`SpoolError` with a ``kind`` the caller acts on.
 
@@ -26,6 +29,7 @@ import os
 import socket
 import sqlite3
 import time
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final, Literal, NamedTuple
@@ -43,14 +47,18 @@ _IOERR_WRITE = 778
 SpoolErrorKind = Literal["busy", "full", "read_only", "corrupt", "unavailable"]
 
 _SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS events (
+CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    data BLOB NOT NULL,
-    tracked_at REAL NOT NULL,
+    events BLOB NOT NULL,
+    tracked BLOB NOT NULL,
+    count INTEGER NOT NULL,
     owner TEXT NOT NULL DEFAULT '',
     lease_until REAL NOT NULL DEFAULT 0
 )
 """
+
+#: One event as the spool keeps it: its JSON bytes and the wall time it was tracked.
+Event = tuple[bytes, float]
 
 
 class SpoolError(Exception):
@@ -68,15 +76,28 @@ class SpoolError(Exception):
 
 
 class Row(NamedTuple):
-    """One spooled event: its row id, its JSON bytes and when it was tracked (wall time)."""
+    """One spooled batch: its row id and its events, oldest first."""
 
     id: int
-    data: bytes
-    tracked_at: float
+    events: list[Event]
+
+
+def _pack(events: Sequence[Event]) -> tuple[bytes, bytes, int]:
+    return (
+        b"\n".join(data for data, _ in events),
+        array("d", [tracked_at for _, tracked_at in events]).tobytes(),
+        len(events),
+    )
+
+
+def _unpack(data: bytes, tracked: bytes) -> list[Event]:
+    times = array("d")
+    times.frombytes(tracked)
+    return list(zip(data.split(b"\n"), times, strict=True))
 
 
 class SpoolStats(NamedTuple):
-    """What the file holds: rows, used bytes, the oldest row's tracked_at, the file's size."""
+    """What the file holds: events, used bytes, the oldest one's tracked_at, the file's size."""
 
     rows: int
     bytes: int
@@ -127,7 +148,7 @@ def process_exists(pid: int) -> bool:
 
 
 class Spool:
-    """The SQLite store of spooled events, with per-batch leases and a size bound.
+    """The SQLite store of spooled batches of events, with leases and a size bound.
 
     Args:
         path: the database file; its directory must exist. Created when missing.
@@ -180,7 +201,7 @@ class Spool:
                 raise SpoolError("read_only", f"spool open: cannot switch to WAL (mode {mode})")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
-            self._db.execute("SELECT id FROM events LIMIT 1").fetchall()  # reads a page
+            self._db.execute("SELECT id FROM batches LIMIT 1").fetchall()  # reads a page
             self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         except SpoolError:
             self._db.close()
@@ -199,31 +220,32 @@ class Spool:
     # -- writes -----------------------------------------------------------------------------
 
     def add(
-        self, events: Sequence[tuple[bytes, float]], *, lease: bool, remove: Sequence[int] = ()
+        self, batches: Sequence[Sequence[Event]], *, lease: bool, remove: Sequence[int] = ()
     ) -> tuple[list[int], int]:
-        """Append ``(data, tracked_at)`` rows, leased to this holder when ``lease`` is True.
+        """Append each of ``batches`` as one row, leased to this holder when ``lease`` is True.
 
         ``remove``: rows to delete in the same transaction (acknowledged ones: one commit
-        instead of two). Returns the new row ids (in order) and how many of the oldest rows
-        the size bound deleted to make room.
+        instead of two). Returns the new row ids (in order) and how many events of the oldest
+        rows the size bound deleted to make room.
         """
-        if not events:
+        batches = [batch for batch in batches if batch]
+        if not batches:
             self.ack(remove)
             return [], 0
         now = self._clock()
         owner, until = (self.owner, now + self.lease) if lease else ("", 0.0)
+        packed = [(*_pack(batch), owner, until) for batch in batches]
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._delete(remove)
                 first = self._next_id()
-                self._db.executemany("INSERT INTO events (data, tracked_at) VALUES (?,?)", events)
-                if lease:
-                    self._db.execute(
-                        "UPDATE events SET owner = ?, lease_until = ? WHERE id BETWEEN ? AND ?",
-                        (owner, until, first, first + len(events) - 1),
-                    )
-                self._unchecked += sum(len(data) for data, _ in events)
+                self._db.executemany(
+                    "INSERT INTO batches (events, tracked, count, owner, lease_until) "
+                    "VALUES (?,?,?,?,?)",
+                    packed,
+                )
+                self._unchecked += sum(len(row[0]) for row in packed)
                 dropped = 0
                 if self._unchecked >= self._check_every:
                     dropped, self._unchecked = self._trim(now), 0
@@ -233,12 +255,12 @@ class Spool:
                 raise
         except (sqlite3.Error, OSError) as exc:
             raise _error(exc, "write") from None
-        return list(range(first, first + len(events))), dropped
+        return list(range(first, first + len(batches))), dropped
 
     def _next_id(self) -> int:
         # Inside the write transaction nobody else inserts: AUTOINCREMENT hands out the next
         # ids in order, one above the largest ever used.
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
         return (int(row[0]) if row else 0) + 1
 
     def _trim(self, now: float) -> int:
@@ -247,39 +269,50 @@ class Spool:
         for _ in range(8):
             if used <= self.max_bytes:
                 break
-            rows = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            rows = int(self._db.execute("SELECT COUNT(*) FROM batches").fetchone()[0])
             if rows == 0:
                 break
             per_row = max(1.0, used / rows)
-            count = max(1, math.ceil((used - self.max_bytes) / per_row) + 1)
-            cursor = self._db.execute(
-                "DELETE FROM events WHERE id IN (SELECT id FROM events "
-                "WHERE lease_until < ? OR owner = ? ORDER BY id LIMIT ?)",
+            count = max(1, math.ceil((used - self.max_bytes) / per_row))
+            victims = self._db.execute(
+                "SELECT id, count FROM batches WHERE lease_until < ? OR owner = ? "
+                "ORDER BY id LIMIT ?",
                 (now, self.owner, count),
-            )
-            if cursor.rowcount <= 0:
+            ).fetchall()
+            if not victims:
                 break
-            dropped += cursor.rowcount
+            self._delete([int(row_id) for row_id, _ in victims])
+            dropped += sum(int(n) for _, n in victims)
             used = self._used_bytes()
         return dropped
 
-    def claim(self, limit: int) -> list[Row]:
-        """Lease and return up to ``limit`` of the oldest rows nobody else holds."""
+    def claim(self, max_events: int, max_bytes: int | None = None) -> list[Row]:
+        """Lease and return the oldest rows nobody else holds: at least one whole row, then as
+        many as fit in ``max_events`` events and ``max_bytes`` bytes."""
         now = self._clock()
+        rows: list[Row] = []
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._free_dead_owners(now)
-                rows = self._db.execute(
-                    "SELECT id, data, tracked_at FROM events WHERE lease_until < ? "
-                    "ORDER BY id LIMIT ?",
-                    (now, limit),
-                ).fetchall()
-                if rows:  # the rows selected are exactly the free ones in [first, last]
+                cursor = self._db.execute(
+                    "SELECT id, events, tracked, count FROM batches WHERE lease_until < ? "
+                    "ORDER BY id",
+                    (now,),
+                )
+                events = size = 0
+                for row_id, data, tracked, count in cursor:
+                    events += int(count)
+                    size += len(data)
+                    if rows and (events > max_events or (max_bytes and size > max_bytes)):
+                        break
+                    rows.append(Row(int(row_id), _unpack(bytes(data), bytes(tracked))))
+                cursor.close()
+                if rows:  # the rows taken are exactly the free ones in [first, last]
                     self._db.execute(
-                        "UPDATE events SET owner = ?, lease_until = ? "
+                        "UPDATE batches SET owner = ?, lease_until = ? "
                         "WHERE id BETWEEN ? AND ? AND lease_until < ?",
-                        (self.owner, now + self.lease, rows[0][0], rows[-1][0], now),
+                        (self.owner, now + self.lease, rows[0].id, rows[-1].id, now),
                     )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -287,39 +320,51 @@ class Spool:
                 raise
         except (sqlite3.Error, OSError) as exc:
             raise _error(exc, "claim") from None
-        return [Row(int(r[0]), bytes(r[1]), float(r[2])) for r in rows]
+        return rows
 
     def _free_dead_owners(self, now: float) -> None:
         holders = self._db.execute(
-            "SELECT DISTINCT owner FROM events WHERE lease_until >= ? AND owner != ?",
+            "SELECT DISTINCT owner FROM batches WHERE lease_until >= ? AND owner != ?",
             (now, self.owner),
         ).fetchall()
         for (holder,) in holders:
             host, _, pid = str(holder).rpartition(":")
             if host == self._host and pid.isdigit() and not self._alive(int(pid)):
                 self._db.execute(
-                    "UPDATE events SET owner = '', lease_until = 0 WHERE owner = ?", (holder,)
+                    "UPDATE batches SET owner = '', lease_until = 0 WHERE owner = ?", (holder,)
                 )
 
     def ack(self, ids: Iterable[int]) -> None:
         """Delete rows that reached a final state (delivered, or refused for good)."""
-        self._write("DELETE FROM events WHERE id BETWEEN ? AND ?", _ranges(ids), "delete")
+        self._write("DELETE FROM batches WHERE id BETWEEN ? AND ?", _ranges(ids), "delete")
 
     def _delete(self, ids: Sequence[int]) -> None:
         if ids:
-            self._db.executemany("DELETE FROM events WHERE id BETWEEN ? AND ?", _ranges(ids))
+            self._db.executemany("DELETE FROM batches WHERE id BETWEEN ? AND ?", _ranges(ids))
 
     def release(self, ids: Iterable[int]) -> None:
         """End this holder's lease on rows: anyone may claim them again."""
         params = [(*span, self.owner) for span in _ranges(ids)]
-        sql = "UPDATE events SET owner = '', lease_until = 0 WHERE id BETWEEN ? AND ? AND owner = ?"
+        sql = (
+            "UPDATE batches SET owner = '', lease_until = 0 WHERE id BETWEEN ? AND ? AND owner = ?"
+        )
         self._write(sql, params, "release")
+
+    def replace(self, row_id: int, events: Sequence[Event]) -> None:
+        """Rewrite a row this holder leased with ``events`` (those of it not final yet) and
+        release it."""
+        data, tracked, count = _pack(events)
+        sql = (
+            "UPDATE batches SET events = ?, tracked = ?, count = ?, owner = '', lease_until = 0 "
+            "WHERE id = ? AND owner = ?"
+        )
+        self._write(sql, [(data, tracked, count, row_id, self.owner)], "replace")
 
     def renew(self, ids: Iterable[int]) -> None:
         """Extend this holder's lease on rows by another full lease from now."""
         until = self._clock() + self.lease
         params = [(until, *span, self.owner) for span in _ranges(ids)]
-        sql = "UPDATE events SET lease_until = ? WHERE id BETWEEN ? AND ? AND owner = ?"
+        sql = "UPDATE batches SET lease_until = ? WHERE id BETWEEN ? AND ? AND owner = ?"
         self._write(sql, params, "renew")
 
     def _write(self, sql: str, params: Sequence[tuple[object, ...]], doing: str) -> None:
@@ -358,24 +403,26 @@ class Spool:
         return (pages - free) * self._page_size
 
     def stats(self) -> SpoolStats:
-        """Rows, used bytes, the oldest row's tracked_at and the file's size (WAL included)."""
+        """Events, used bytes, the oldest event's tracked_at and the file's size (WAL included)."""
         try:
-            rows = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-            oldest = self._db.execute(
-                "SELECT tracked_at FROM events ORDER BY id LIMIT 1"
-            ).fetchone()
+            events = int(self._db.execute("SELECT TOTAL(count) FROM batches").fetchone()[0])
+            oldest = self._db.execute("SELECT tracked FROM batches ORDER BY id LIMIT 1").fetchone()
             used = self._used_bytes()
         except (sqlite3.Error, OSError) as exc:
             raise _error(exc, "read") from None
-        oldest_at = None if oldest is None else float(oldest[0])
-        return SpoolStats(rows, used, oldest_at, file_size(self.path))
+        oldest_at = None
+        if oldest is not None:
+            times = array("d")
+            times.frombytes(bytes(oldest[0]))
+            oldest_at = min(times, default=None)
+        return SpoolStats(events, used, oldest_at, file_size(self.path))
 
     def claimable(self) -> bool:
         """True when a claim may find rows: some row is free, or held by another holder (who
         may have died: :meth:`claim` frees the rows of a dead process of this host)."""
         try:
             row = self._db.execute(
-                "SELECT 1 FROM events WHERE lease_until < ? OR owner != ? LIMIT 1",
+                "SELECT 1 FROM batches WHERE lease_until < ? OR owner != ? LIMIT 1",
                 (self._clock(), self.owner),
             ).fetchone()
         except (sqlite3.Error, OSError) as exc:

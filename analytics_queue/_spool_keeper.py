@@ -40,7 +40,11 @@ RETRY_AFTER: Final = 30.0
 #: The figures (rows, bytes, oldest) are read from the file at most this often, seconds.
 STATS_INTERVAL: Final = 1.0
 #: Acknowledged rows wait for the next write at most this many: then they are deleted at once.
-ACK_AT_MOST: Final = 5000
+ACK_AT_MOST: Final = 64
+#: Events handed over without a row are written in rows of at most this many events and bytes
+#: (what one request carries), so that a row always fits in one send.
+ROW_EVENTS: Final = 500
+ROW_BYTES: Final = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,9 @@ class SpoolKeeper:
         self._stats_at = -STATS_INTERVAL
         self._claimable = True
         self._acked: list[int] = []  # delivered rows not yet deleted: see ack()
+        # The rows this process holds: how many events each has, and how many are not final.
+        self._size: dict[int, int] = {}
+        self._held: dict[int, int] = {}
         self._io = threading.RLock()  # one thread at a time on the file
         self._lock = threading.Lock()  # guards the figures below
         self._stats = SpoolStats(0, 0, None, 0)
@@ -186,65 +193,98 @@ class SpoolKeeper:
     # -- what the pump calls ----------------------------------------------------------------
 
     def write_ahead(self, pendings: list[Pending]) -> list[Pending]:
-        """Write the events not yet in the file, leased to this process, before their send.
+        """Write the events not yet in the file as one row, leased to this process, before
+        their send.
 
-        Returns the events with their row ids; unchanged when the file cannot be written.
+        Returns the events with their row id; unchanged when the file cannot be written.
         """
         with self._io:
             new = [p for p in pendings if p.row is None]
             if not new:
                 return pendings
-            ids = self._add(new, lease=True, remove=self._acked)
+            ids = self._add([new], lease=True, remove=self._acked)
             if ids is None:
                 return pendings
+            row = ids[0]
+            self._held[row] = self._size[row] = len(new)
             if len(new) == len(pendings):  # the usual case: every event is new
-                pairs = zip(pendings, ids, strict=True)
-                return [Pending(p[0], p[1], p[2], row) for p, row in pairs]
-            rows = iter(ids)
-            return [p if p.row is not None else p._replace(row=next(rows)) for p in pendings]
+                return [Pending(p[0], p[1], p[2], row) for p in pendings]
+            return [p if p.row is not None else p._replace(row=row) for p in pendings]
 
     def keep(self, pendings: Sequence[Pending]) -> list[Pending]:
         """Hand ``pendings`` over to the file for later (they leave memory).
 
-        Rows already in the file are released (anyone may send them); the others are written.
-        Returns the events the file could not take: they stay the caller's.
+        Rows this process holds are released (anyone may send them), rewritten first with
+        only the events given when some of theirs already reached a final state; events not
+        in the file are written as new rows. Returns the events the file could not take: they
+        stay the caller's.
         """
         with self._io:
             if not pendings or self._open() is None:
                 return list(pendings)
-            on_disk = [p.row for p in pendings if p.row is not None]
-            new = [p for p in pendings if p.row is None]
-            if on_disk and not self._run(lambda store: store.release(on_disk)):
+            by_row: dict[int, list[Pending]] = {}
+            new: list[Pending] = []
+            for p in pendings:
+                if p.row is None:
+                    new.append(p)
+                else:
+                    by_row.setdefault(p.row, []).append(p)
+            whole = [row for row, group in by_row.items() if len(group) == self._size.get(row)]
+            parts = {row: group for row, group in by_row.items() if row not in whole}
+            if whole and not self._run(lambda store: store.release(whole)):
                 return list(pendings)
-            if new and self._add(new, lease=False) is None:
+            rewrites = [(row, [(p[1], p[2]) for p in group]) for row, group in parts.items()]
+
+            def rewrite(store: Spool) -> None:
+                for row, events in rewrites:
+                    store.replace(row, events)
+
+            if rewrites and not self._run(rewrite):
+                return [p for p in pendings if p.row is None or p.row in parts]
+            for row in by_row:
+                self._held.pop(row, None)
+                self._size.pop(row, None)
+            if new and self._add(_chunks(new), lease=False) is None:
                 return new
             self._claimable = True
             return []
 
-    def claim(self, limit: int) -> list[Pending]:
-        """Take up to ``limit`` of the oldest rows nobody holds, leased to this process."""
+    def claim(self, max_events: int, max_bytes: int | None = None) -> list[Pending]:
+        """Take the oldest rows nobody holds (whole rows, within ``max_events`` events and
+        ``max_bytes`` bytes when more than one), leased to this process."""
         with self._io:
             store = self._open()
             if store is None or not self._claimable:
                 return []
             try:
-                rows = store.claim(limit)
+                rows = store.claim(max_events, max_bytes)
             except SpoolError as exc:
                 self._failed(exc)
                 return []
-            if len(rows) < limit:
+            taken: list[Pending] = []
+            for row in rows:
+                self._held[row.id] = self._size[row.id] = len(row.events)
+                taken += [Pending(REPLAYED, data, at, row.id) for data, at in row.events]
+            if len(taken) < max_events // 2:
                 self._claimable = False  # until the next refresh or hand-over
-            return [Pending(REPLAYED, row.data, row.tracked_at, row.id) for row in rows]
+            return taken
 
     def ack(self, pendings: Sequence[Pending]) -> None:
-        """Remove the rows of events that reached a final state.
+        """The events reached a final state: a row whose events all did is removed.
 
         The rows are deleted in the transaction of the next write-ahead, or by :meth:`settle`,
         which the pump calls before it waits: one commit per batch instead of two. A process
         killed in between sends those rows again (at most the step that follows a delivery).
         """
         with self._io:
-            self._acked.extend(p.row for p in pendings if p.row is not None)
+            for p in pendings:
+                row = p.row
+                if row is None or row not in self._held:
+                    continue
+                self._held[row] -= 1
+                if self._held[row] <= 0:
+                    del self._held[row], self._size[row]
+                    self._acked.append(row)
             if len(self._acked) >= ACK_AT_MOST:
                 self.settle()
 
@@ -310,12 +350,12 @@ class SpoolKeeper:
     # -- helpers ----------------------------------------------------------------------------
 
     def _add(
-        self, pendings: list[Pending], *, lease: bool, remove: list[int] | None = None
+        self, batches: list[list[Pending]], *, lease: bool, remove: list[int] | None = None
     ) -> list[int] | None:
         store = self._open()
         if store is None or self._monotonic() < self._write_at:
             return None
-        rows = [(p[1], p[2]) for p in pendings]
+        rows = [[(p[1], p[2]) for p in batch] for batch in batches]
         try:
             ids, dropped = store.add(rows, lease=lease, remove=remove or ())
         except SpoolError as exc:
@@ -346,3 +386,16 @@ class SpoolKeeper:
             self._failed(exc)
             return False
         return True
+
+
+def _chunks(pendings: list[Pending]) -> list[list[Pending]]:
+    """Cut events into rows of at most :data:`ROW_EVENTS` events and :data:`ROW_BYTES` bytes."""
+    rows: list[list[Pending]] = [[]]
+    size = 0
+    for p in pendings:
+        if rows[-1] and (len(rows[-1]) >= ROW_EVENTS or size + len(p[1]) > ROW_BYTES):
+            rows.append([])
+            size = 0
+        rows[-1].append(p)
+        size += len(p[1]) + 1
+    return rows

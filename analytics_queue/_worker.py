@@ -396,7 +396,7 @@ class Worker:
         with self._state:
             if self._policy.stopping:
                 return []
-        return self.spool.claim(MAX_BATCH_EVENTS)
+        return self.spool.claim(MAX_BATCH_EVENTS, MAX_BATCH_BYTES)
 
     def _encode(self, batch: Batch) -> list[Pending]:
         encoded: list[Pending] = []

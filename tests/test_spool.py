@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from analytics_queue._ledger import REPLAYED, Pending
-from analytics_queue._spool import Spool, SpoolError, move_aside
+from analytics_queue._spool import Row, Spool, SpoolError, move_aside
 from analytics_queue._spool_keeper import RETRY_AFTER, SpoolKeeper
 from analytics_queue.metrics import SPOOL_CRITICAL_AGE, Counters, Metrics, evaluate_health
 
@@ -31,36 +31,62 @@ def spool(path: Path, clock: Clock, owner: str = "host:1", **kw: object) -> Spoo
     return Spool(path, clock=clock, owner=owner, alive=lambda pid: True, **kw)  # type: ignore[arg-type]
 
 
-def test_rows_come_back_oldest_first_with_their_bytes_and_time(tmp_path: Path) -> None:
+def batches(*sizes: int, size: int = 20) -> list[list[tuple[bytes, float]]]:
+    """Batches of the given sizes, numbered on from 0 across them."""
+    out, start = [], 0
+    for n in sizes:
+        out.append(events(n, start=start, size=size))
+        start += n
+    return out
+
+
+def flat(rows: list[Row]) -> list[tuple[bytes, float]]:
+    return [event for row in rows for event in row.events]
+
+
+def test_batches_come_back_oldest_first_with_their_bytes_and_times(tmp_path: Path) -> None:
     store = spool(tmp_path / "s.db", Clock())
-    ids, dropped = store.add(events(5), lease=False)
-    assert dropped == 0 and ids == sorted(ids) and len(set(ids)) == 5
-    rows = store.claim(3)
-    assert [r.data for r in rows] == [d for d, _ in events(3)]
-    assert [r.tracked_at for r in rows] == [0.0, 1.0, 2.0]
-    assert [r.data for r in store.claim(10)] == [d for d, _ in events(2, start=3)]
+    ids, dropped = store.add(batches(2, 3, 1), lease=False)
+    assert dropped == 0 and ids == sorted(ids) and len(set(ids)) == 3
+    first = store.claim(5)  # whole rows only: 2 + 3 fit, the third does not
+    assert flat(first) == events(5)
+    assert flat(store.claim(5)) == events(1, start=5)
+    assert store.stats().rows == 6
+
+
+def test_a_claim_takes_one_whole_row_even_past_the_limits(tmp_path: Path) -> None:
+    store = spool(tmp_path / "s.db", Clock())
+    store.add(batches(10, 1), lease=False)
+    assert [len(r.events) for r in store.claim(4, max_bytes=10)] == [10]
 
 
 def test_the_file_is_in_wal_mode(tmp_path: Path) -> None:
-    spool(tmp_path / "s.db", Clock()).add(events(1), lease=False)
+    spool(tmp_path / "s.db", Clock()).add(batches(1), lease=False)
     with sqlite3.connect(tmp_path / "s.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_acknowledged_rows_are_gone_and_ids_are_never_reused(tmp_path: Path) -> None:
     store = spool(tmp_path / "s.db", Clock())
-    ids, _ = store.add(events(3), lease=True)
+    ids, _ = store.add(batches(3, 2), lease=True)
     store.ack(ids)
     assert store.stats().rows == 0
-    again, _ = store.add(events(1), lease=False)
+    again, _ = store.add(batches(1), lease=False)
     assert again[0] > max(ids)
+
+
+def test_a_row_can_be_rewritten_with_what_is_left_of_it(tmp_path: Path) -> None:
+    store = spool(tmp_path / "s.db", Clock())
+    [row], _ = store.add(batches(4), lease=True)
+    store.replace(row, events(4)[2:])  # two were delivered
+    assert flat(store.claim(10)) == events(4)[2:]
 
 
 def test_two_holders_never_claim_the_same_row(tmp_path: Path) -> None:
     clock = Clock()
     a = spool(tmp_path / "s.db", clock, owner="host:1")
     b = spool(tmp_path / "s.db", clock, owner="host:2")
-    a.add(events(10), lease=False)
+    a.add(batches(*[1] * 10), lease=False)
     first, second, third = a.claim(4), b.claim(4), a.claim(4)
     ids = [r.id for r in first + second + third]
     assert len(ids) == len(set(ids)) == 10
@@ -71,7 +97,7 @@ def test_rows_written_leased_are_not_claimable_until_released(tmp_path: Path) ->
     clock = Clock()
     a = spool(tmp_path / "s.db", clock, owner="host:1")
     b = spool(tmp_path / "s.db", clock, owner="host:2")
-    ids, _ = a.add(events(3), lease=True)
+    ids, _ = a.add(batches(3), lease=True)
     assert b.claim(10) == []
     a.release(ids)
     assert [r.id for r in b.claim(10)] == ids
@@ -81,18 +107,18 @@ def test_an_expired_lease_lets_others_take_the_rows(tmp_path: Path) -> None:
     clock = Clock()
     a = spool(tmp_path / "s.db", clock, owner="host:1", lease=30.0)
     b = spool(tmp_path / "s.db", clock, owner="host:2", lease=30.0)
-    a.add(events(2), lease=True)
+    a.add(batches(2), lease=True)
     clock.now += 29
     assert b.claim(10) == []
     clock.now += 2
-    assert len(b.claim(10)) == 2
+    assert len(flat(b.claim(10))) == 2
 
 
 def test_renew_extends_the_lease(tmp_path: Path) -> None:
     clock = Clock()
     a = spool(tmp_path / "s.db", clock, owner="host:1", lease=30.0)
     b = spool(tmp_path / "s.db", clock, owner="host:2", lease=30.0)
-    ids, _ = a.add(events(2), lease=True)
+    ids, _ = a.add(batches(2), lease=True)
     clock.now += 20
     a.renew(ids)
     clock.now += 20
@@ -102,7 +128,7 @@ def test_renew_extends_the_lease(tmp_path: Path) -> None:
 def test_rows_of_a_dead_process_of_this_host_are_free_at_once(tmp_path: Path) -> None:
     clock = Clock()
     dead = spool(tmp_path / "s.db", clock, owner="web1:4242")
-    dead.add(events(3), lease=True)
+    dead.add(batches(3), lease=True)
     other_host = Spool(
         tmp_path / "s.db", max_bytes=10**9, clock=clock, owner="web2:7", alive=lambda p: False
     )
@@ -110,22 +136,23 @@ def test_rows_of_a_dead_process_of_this_host_are_free_at_once(tmp_path: Path) ->
     same_host = Spool(
         tmp_path / "s.db", max_bytes=10**9, clock=clock, owner="web1:7", alive=lambda p: p != 4242
     )
-    assert len(same_host.claim(10)) == 3
+    assert len(flat(same_host.claim(10))) == 3
 
 
 def test_past_the_bound_the_oldest_rows_go_and_are_counted(tmp_path: Path) -> None:
     store = spool(tmp_path / "s.db", Clock(), max_bytes=64 * 1024)
     total_dropped = 0
-    for start in range(0, 2000, 100):
-        _, dropped = store.add(events(100, start=start, size=300), lease=False)
+    for start in range(0, 2000, 20):
+        _, dropped = store.add([events(20, start=start, size=300)], lease=False)
         total_dropped += dropped
     stats = store.stats()
     assert total_dropped > 0
     assert stats.rows + total_dropped == 2000
     assert stats.bytes <= 64 * 1024
-    newest = store.claim(10_000)
-    assert newest[-1].tracked_at == 1999.0  # the newest stay, the oldest went
-    assert newest[0].tracked_at == float(total_dropped)
+    newest = flat(store.claim(10_000, max_bytes=10**9))
+    assert newest[-1][1] == 1999.0  # the newest stay, the oldest went
+    assert newest[0][1] == float(total_dropped)
+    assert stats.oldest_tracked_at == float(total_dropped)
 
 
 def test_a_file_that_is_not_a_database_is_reported_corrupt(tmp_path: Path) -> None:
@@ -189,11 +216,11 @@ def test_keeper_deletes_acknowledged_rows_with_the_next_write(tmp_path: Path) ->
 
     def rows() -> list[int]:
         with sqlite3.connect(path) as db:
-            return [r for (r,) in db.execute("SELECT id FROM events ORDER BY id")]
+            return [r for (r,) in db.execute("SELECT id FROM batches ORDER BY id")]
 
-    assert rows() == [p.row for p in first]  # not yet: one commit per batch
+    assert rows() == [first[0].row]  # not yet: one commit per batch
     second = k.write_ahead(pendings(2, start=3))
-    assert rows() == [p.row for p in second]
+    assert rows() == [second[0].row]
     k.ack(second)
     k.close()  # closing settles what was acknowledged
     assert rows() == []
@@ -293,3 +320,13 @@ def test_health_says_when_the_spool_is_unusable_or_dropped_events() -> None:
 
 def test_an_empty_working_spool_is_healthy() -> None:
     assert evaluate_health(spool_metrics(), mode="posthog").status == "healthy"
+
+
+def test_keeper_keeps_only_what_is_not_final_of_a_partly_delivered_batch(
+    tmp_path: Path,
+) -> None:
+    k = keeper(tmp_path / "s.db")
+    sent = k.write_ahead(pendings(4))
+    k.ack(sent[:2])  # a 413 split: the first half was delivered, the second failed
+    assert k.keep(sent[2:]) == []
+    assert [p.data for p in k.claim(10)] == [p.data for p in pendings(4)[2:]]

@@ -44,7 +44,8 @@ CHILD_TIMEOUT = 60
 def spooled_uuids(path: Path) -> set[str]:
     """The uuids of the events a spool file holds (read with plain sqlite3)."""
     with sqlite3.connect(path) as db:
-        return {json.loads(data)["uuid"] for (data,) in db.execute("SELECT data FROM events")}
+        rows = db.execute("SELECT events FROM batches").fetchall()
+    return {json.loads(line)["uuid"] for (data,) in rows for line in bytes(data).split(b"\n")}
 
 
 def fill_spool(path: Path, n: int) -> set[str]:
@@ -58,7 +59,7 @@ def fill_spool(path: Path, n: int) -> set[str]:
     ]
     rows = [(encoder.encode(item), item.tracked_at) for item in queued]
     store = Spool(path, max_bytes=10**9)
-    store.add(rows, lease=False)
+    store.add([rows[i : i + 100] for i in range(0, n, 100)], lease=False)
     store.close()
     return set(uuids)
 
