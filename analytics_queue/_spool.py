@@ -239,12 +239,15 @@ class Spool:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._delete(remove)
-                first = self._next_id()
-                self._db.executemany(
+                sql = (
                     "INSERT INTO batches (events, tracked, count, owner, lease_until) "
-                    "VALUES (?,?,?,?,?)",
-                    packed,
+                    "VALUES (?,?,?,?,?)"
                 )
+                if len(packed) == 1:  # the write-ahead of one request: no id query needed
+                    first = int(self._db.execute(sql, packed[0]).lastrowid or 0)
+                else:
+                    first = self._next_id()
+                    self._db.executemany(sql, packed)
                 self._unchecked += sum(len(row[0]) for row in packed)
                 dropped = 0
                 if self._unchecked >= self._check_every:

@@ -273,8 +273,8 @@ class SpoolKeeper:
         """The events reached a final state: a row whose events all did is removed.
 
         The rows are deleted in the transaction of the next write-ahead, or by :meth:`settle`,
-        which the pump calls before it waits: one commit per batch instead of two. A process
-        killed in between sends those rows again (at most the step that follows a delivery).
+        which the pump calls before it rests with nothing to send: one commit per batch instead
+        of two. A process killed in between sends those rows again after its restart.
         """
         with self._io:
             for p in pendings:

@@ -321,10 +321,14 @@ class Worker:
     # -- the spool's hooks ------------------------------------------------------------------
 
     def _spool_before_wait(self) -> None:
-        """Delete the rows of what was delivered before the pump rests."""
+        """Before the pump rests with nothing to send, delete the rows of what was delivered.
+
+        While events wait, the next write-ahead deletes them in its own transaction instead.
+        """
         assert self.spool is not None
-        with self._send_lock:
-            self.spool.settle()
+        if self.ledger.pending().events == 0:
+            with self._send_lock:
+                self.spool.settle()
 
     def _spool_while_down(self, seconds: float) -> None:
         """While backing off: wait a little, then move what waits in the buffer to disk."""

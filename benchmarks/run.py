@@ -50,7 +50,7 @@ FULL: dict[str, dict[str, Any]] = {
     "gil": {"blocks": 8, "phase_s": 1.0, "rounds": 2},
     "routes": {"duration": 5.0, "rounds": 5, "warmup": 1.0},
     "exit": {"n": 500, "rounds": 3},
-    "spool": {"steady_s": 10.0, "rounds": 2, "outage": 10.0, "before": 3.0, "after": 3.0},
+    "spool": {"steady_s": 10.0, "rounds": 4, "outage": 10.0, "before": 3.0, "after": 3.0},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "throughput": {"n": 2_000, "rounds": 1},
