@@ -265,7 +265,7 @@ class SpoolKeeper:
             for row in rows:
                 self._held[row.id] = self._size[row.id] = len(row.events)
                 taken += [Pending(REPLAYED, data, at, row.id) for data, at in row.events]
-            if len(taken) < max_events // 2:
+            if not rows:
                 self._claimable = False  # until the next refresh or hand-over
             return taken
 
