@@ -61,6 +61,8 @@ class Drainable(Protocol):
 
 
 _instances: weakref.WeakSet[Lifecycle] = weakref.WeakSet()
+#: Each kept worker with the pid of the process that started it: after a fork that skipped
+#: Python's hooks (uWSGI's workers), the child must not wait for the parent's thread.
 _workers: set[Drainable] = set()
 _lock = threading.Lock()
 _lock_pid = os.getpid()
@@ -108,13 +110,14 @@ def drain_at_exit() -> int:
     Returns the number of events that could not be delivered (also logged as one WARNING).
     """
     pid = os.getpid()
-    with guarded():
-        with _registry_lock():
-            instances = [i for i in _instances if i.pid == pid]
-            workers = [w for w in _workers if w.pid == pid]
+    instances: list[Lifecycle] = []
+    workers: list[Drainable] = []
     undelivered = 0
     try:
         with guarded():
+            with _registry_lock():
+                instances = [i for i in _instances if i.pid == pid]
+                workers = [w for w in _workers if w.pid == pid]
             if not workers:
                 for instance in instances:
                     instance._begin_shutdown(time.monotonic())  # nothing to send: just close
@@ -170,13 +173,18 @@ def install_sigterm_handler() -> None:
     if getattr(previous, "_analytics_queue_handler", False) or previous == signal.SIG_IGN:
         return
 
+    exiting = False
+
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         def leave() -> None:
+            nonlocal exiting
+            exiting = True  # a second SIGTERM must not cut the exit drain short
             if callable(previous):
                 previous(signum, frame)
             raise SystemExit(SIGTERM_EXIT_STATUS)
 
-        run_outside(leave)
+        if not exiting:
+            run_outside(leave)
 
     on_sigterm._analytics_queue_handler = True  # type: ignore[attr-defined]
     signal.signal(signal.SIGTERM, on_sigterm)

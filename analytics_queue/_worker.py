@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from analytics_queue import _lifecycle
+from analytics_queue import _lifecycle, _multiprocessing
 from analytics_queue._buffer import EventBuffer
 from analytics_queue._delivery import Decision, DeliveryPolicy, Verdict
 from analytics_queue._guard import guarded, inside
@@ -41,7 +41,7 @@ from analytics_queue.errors import RefusedError
 from analytics_queue.event import EventEncoder
 from analytics_queue.metrics import Counters, ErrorRecord
 from analytics_queue.retry import RetryPolicy
-from analytics_queue.transport import SendResult, Transport
+from analytics_queue.sending import SendResult, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,7 @@ class Worker:
         thread = threading.Thread(target=self._run, name=WORKER_NAME, daemon=True)
         # Held by the exit drain while it may hold events, even if its client is collected.
         _lifecycle.keep(self)
+        _multiprocessing.register_exit_drain()  # multiprocessing children skip atexit
         try:
             thread.start()
         except RuntimeError as exc:

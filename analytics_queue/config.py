@@ -11,6 +11,7 @@ Safe to share between threads: a Config never changes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -18,9 +19,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from posthog.request import determine_server_host
-
+from analytics_queue._host import normalize_host
+from analytics_queue._redact import redact
 from analytics_queue.errors import ConfigurationError
+from analytics_queue.event import shown_value
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +43,10 @@ class OptionSpec:
         default: the value when the option is given nowhere.
         check: validates an explicit value and returns it normalised; raises ``ValueError``.
         parse: turns an environment string into a value for ``check``.
-        env: the environment variables read, first found wins.
+        env: the environment variables read, first found wins (none for a callable).
         flask_key: the ``app.config`` key.
-        django_setting: where Django settings give it: a setting name, or a key of the
+        django_setting: where Django settings give it: a setting of its own
+            (``POSTHOG_API_KEY``, ``ANALYTICS_QUEUE_REQUEST_CONTEXT``), or a key of the
             ``ANALYTICS_QUEUE`` dict (``ANALYTICS_QUEUE["batch_size"]``).
         none_means: what an explicit None means, when None is a value; otherwise None means
             "not given".
@@ -68,6 +71,8 @@ class _Meta:
     doc: str
     none_means: str | None
     posthog_name: bool
+    code_only: bool
+    django_top_level: bool
 
 
 def _option(
@@ -78,9 +83,11 @@ def _option(
     *,
     none_means: str | None = None,
     posthog_name: bool = False,
+    code_only: bool = False,
+    django_top_level: bool = False,
     repr: bool = True,
 ) -> Any:
-    meta = _Meta(check, parse, doc, none_means, posthog_name)
+    meta = _Meta(check, parse, doc, none_means, posthog_name, code_only, django_top_level)
     return dataclasses.field(default=default, repr=repr, metadata={"option": meta})
 
 
@@ -111,12 +118,20 @@ def _check_host(value: object) -> str:
     if not value.startswith(("http://", "https://")):
         # The value is not echoed: a key pasted into the wrong variable must not reach a log.
         raise ValueError("must start with http:// or https://")
-    return determine_server_host(value).rstrip("/")
+    return normalize_host(value).rstrip("/")
 
 
 def _positive_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"must be an int >= 1, got {value!r}")
+        raise ValueError(f"must be an int >= 1, got {shown_value(value)}")
+    return int(value)
+
+
+def _optional_positive_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be an int >= 1 or None, got {shown_value(value)}")
     return int(value)
 
 
@@ -124,7 +139,7 @@ def _optional_non_negative_int(value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"must be an int >= 0 or None, got {value!r}")
+        raise ValueError(f"must be an int >= 0 or None, got {shown_value(value)}")
     return int(value)
 
 
@@ -135,7 +150,7 @@ def _seconds(value: object, *, allow_zero: bool) -> float:
         value_ok = value >= 0 if allow_zero else value > 0
     if not value_ok:
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"must be a number of seconds {bound}, got {value!r}")
+        raise ValueError(f"must be a number of seconds {bound}, got {shown_value(value)}")
     return float(value)  # type: ignore[arg-type]
 
 
@@ -149,7 +164,7 @@ def _non_negative_seconds(value: object) -> float:
 
 def _bool(value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"must be True or False, got {value!r}")
+        raise ValueError(f"must be True or False, got {shown_value(value)}")
     return value
 
 
@@ -157,8 +172,30 @@ def _optional_str(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ValueError(f"must be a str or None, got {value!r}")
+        raise ValueError(f"must be a str or None, got {shown_value(value)}")
     return value or None
+
+
+def _super_properties(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a dict of properties, got {type(value).__name__}")
+    from analytics_queue.errors import RefusedError
+    from analytics_queue.event import capture_properties
+
+    try:
+        return capture_properties("super_properties", value) or None
+    except RefusedError as exc:
+        raise ValueError(str(exc).removeprefix("event 'super_properties': ")) from None
+
+
+def _callable(value: object) -> Callable[[dict[str, Any]], Any] | None:
+    if value is None:
+        return None
+    if not callable(value):
+        raise ValueError(f"must be a callable or None, got {type(value).__name__}")
+    return value
 
 
 def _optional_path(value: object) -> str | None:
@@ -209,6 +246,18 @@ def _limit_text(text: str) -> object:
     return None if text.strip().lower() in ("", "none", "all") else _int_text(text)
 
 
+def _json_text(text: str) -> object:
+    stripped = text.strip()
+    try:
+        return json.loads(stripped) if stripped else None
+    except ValueError:
+        return text
+
+
+def _no_text(text: str) -> object:
+    raise ValueError("is set by code only")  # pragma: no cover - never read from a string
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The options of one AnalyticsQueue, checked when built: the one table of options.
@@ -234,6 +283,13 @@ class Config:
     max_queue_size: int = _option(
         10_000, _positive_int, _int_text, "past this many waiting events track() refuses"
     )
+    max_queue_bytes: int | None = _option(
+        32 * 1024 * 1024,
+        _optional_positive_int,
+        _limit_text,
+        "past about this many bytes of waiting events (estimated at track()) it refuses too",
+        none_means="no byte bound: the count bound alone",
+    )
     requeue_limit: int | None = _option(
         5,
         _optional_non_negative_int,
@@ -256,6 +312,40 @@ class Config:
         False, _bool, _bool_text, "refusals raise from track() instead of returning False"
     )
     disabled: bool = _option(False, _bool, _bool_text, "track() is a no-op that returns False")
+    health_window: float = _option(
+        300.0, _positive_seconds, _float_text, "seconds of recent sends the health verdict judges"
+    )
+    disable_geoip: bool = _option(
+        True, _bool, _bool_text, "send $geoip_disable: PostHog does not geolocate server IPs"
+    )
+    super_properties: dict[str, Any] | None = _option(
+        None, _super_properties, _json_text, "properties added to every event (a JSON object)"
+    )
+    historical_migration: bool = _option(
+        False, _bool, _bool_text, "mark batches as a historical import (posthog-python's flag)"
+    )
+    before_send: Callable[[dict[str, Any]], Any] | None = _option(
+        None,
+        _callable,
+        _no_text,
+        "called on the worker with each event as a dict; returns it, changed, or None to drop",
+        code_only=True,
+        repr=False,
+    )
+    request_context: bool = _option(
+        True,
+        _bool,
+        _bool_text,
+        "Flask and Django: a context per request ($current_url, ...)",
+        django_top_level=True,
+    )
+    request_context_ip: bool = _option(
+        False,
+        _bool,
+        _bool_text,
+        "add the client's $ip to the request context (personal data)",
+        django_top_level=True,
+    )
     spool_path: str | None = _option(
         None,
         _optional_path,
@@ -284,9 +374,9 @@ def _spec(field: dataclasses.Field[Any]) -> OptionSpec:
         env = ("POSTHOG_" + upper, ENV_PREFIX + upper)
         flask_key = django_setting = "POSTHOG_" + upper
     else:
-        env = (ENV_PREFIX + upper,)
+        env = () if meta.code_only else (ENV_PREFIX + upper,)
         flask_key = ENV_PREFIX + upper
-        django_setting = f'ANALYTICS_QUEUE["{field.name}"]'
+        django_setting = flask_key if meta.django_top_level else f'ANALYTICS_QUEUE["{field.name}"]'
     return OptionSpec(
         name=field.name,
         default=field.default,
@@ -303,10 +393,16 @@ def _spec(field: dataclasses.Field[Any]) -> OptionSpec:
 #: Every option, in declaration order, derived from :class:`Config`'s fields.
 OPTIONS: Final[tuple[OptionSpec, ...]] = tuple(_spec(f) for f in dataclasses.fields(Config))
 OPTIONS_BY_NAME: Final[dict[str, OptionSpec]] = {spec.name: spec for spec in OPTIONS}
-#: The options given in the ``ANALYTICS_QUEUE`` dict of Django settings: all but api_key, host.
+#: The options the ``ANALYTICS_QUEUE`` dict of Django settings may give: all but api_key, host.
 OPTION_NAMES: Final[tuple[str, ...]] = tuple(
-    spec.name for spec in OPTIONS if spec.django_setting.startswith("ANALYTICS_QUEUE[")
+    spec.name for spec in OPTIONS if not spec.django_setting.startswith("POSTHOG_")
 )
+#: Options with a Django setting of their own, by setting name (they win over the dict).
+DJANGO_SETTINGS: Final[dict[str, str]] = {
+    spec.django_setting: spec.name
+    for spec in OPTIONS
+    if not spec.django_setting.startswith("ANALYTICS_QUEUE[")
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +443,9 @@ def build_config(*, env: Mapping[str, str] | None = None, **options: Any) -> Con
             try:
                 values[spec.name] = spec.check(explicit)
             except ValueError as exc:
-                raise ConfigurationError(f"{spec.name}: {exc}") from None
+                # A key pasted into another option must not reach a traceback or a log.
+                message = redact(f"{spec.name}: {exc}", values.get("api_key"))
+                raise ConfigurationError(message) from None
             continue
         for env_name in spec.env:
             text = environ.get(env_name)
@@ -356,7 +454,11 @@ def build_config(*, env: Mapping[str, str] | None = None, **options: Any) -> Con
             try:
                 values[spec.name] = spec.check(spec.parse(text))
             except ValueError as exc:
-                logger.warning("ignoring %s: %s; using the default", env_name, exc)
+                logger.warning(
+                    "ignoring %s: %s; using the default",
+                    env_name,
+                    redact(str(exc), values.get("api_key")),
+                )
             break
     return Config(**values)
 
@@ -376,5 +478,12 @@ def validate_options(options: Mapping[str, Any]) -> list[Problem]:
         try:
             spec.check(value)
         except ValueError as exc:
-            problems.append(Problem(name, str(exc)))
+            # api_key's own messages never echo it; other options' messages echo their value.
+            key = None if name == "api_key" else _key_of(options)
+            problems.append(Problem(name, redact(str(exc), key)))
     return problems
+
+
+def _key_of(options: Mapping[str, Any]) -> str | None:
+    key = options.get("api_key")
+    return key.strip() if isinstance(key, str) else None

@@ -9,6 +9,7 @@ from typing import Any
 CASE_LABELS = {
     "floor": "Queue.put_nowait (floor)",
     "ours": "AnalyticsQueue.track()",
+    "ours_context": "track() in a context with 5 tags",
     "posthog": "posthog Posthog.capture()",
     "blocking_0ms": "blocking send, server 0 ms",
     "blocking_300ms": "blocking send, server 300 ms",
@@ -77,6 +78,19 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ("track",),
             ),
         ]
+    if cc and "ours" in cc and "ours_context" in cc:
+        ratio = cc["ours_context"]["median_us"] / cc["ours"]["median_us"]
+        goals.append(
+            _goal(
+                "track_context",
+                "caller cost",
+                "track() in a context with 5 tags ≤ 2× track() without (median)",
+                ratio,
+                ratio <= 2,
+                f"{ratio:.2f}×",
+                ("track",),
+            )
+        )
     tp = results.get("throughput", {}).get("summary")
     if tp:
         n = results["throughput"]["n"]
@@ -208,6 +222,37 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                     (),
                 )
             )
+    ic = results.get("import_cost", {}).get("summary")
+    if ic:
+        goals += [
+            _goal(
+                "import_added",
+                "import cost",
+                "import analytics_queue adds ≤ 30 ms to a bare interpreter",
+                ic["import_added_ms"],
+                ic["import_added_ms"] <= 30,
+                f"{ic['import_added_ms']:+.1f} ms",
+                (),
+            ),
+            _goal(
+                "import_heavy_modules",
+                "import cost",
+                "import analytics_queue loads neither posthog nor requests",
+                float(len(set(ic["loaded_heavy_modules"]) & {"posthog", "requests"})),
+                not set(ic["loaded_heavy_modules"]) & {"posthog", "requests"},
+                ", ".join(ic["loaded_heavy_modules"]) or "neither",
+                (),
+            ),
+            _goal(
+                "plugin_added",
+                "import cost",
+                "the pytest plugin adds ≤ 20 ms to a run that does not use its fixture",
+                ic["plugin_added_ms"],
+                ic["plugin_added_ms"] <= 20,
+                f"{ic['plugin_added_ms']:+.1f} ms",
+                (),
+            ),
+        ]
     if results.get("spool", {}).get("summary"):
         from benchmarks import spool
 
@@ -515,6 +560,12 @@ def render_markdown(results: dict[str, Any], goals: list[dict[str, Any]]) -> str
             )
         out += ["", "![exit](latest-exit.png)", ""]
 
+    if results.get("import_cost", {}).get("summary"):
+        from benchmarks.import_cost import render as render_import_cost
+
+        out += ["## 7. Import cost: `import analytics_queue` and the pytest plugin", ""]
+        out += render_import_cost(results["import_cost"])
+        out.append("")
     if results.get("spool", {}).get("summary"):
         from benchmarks import spool
 
@@ -553,6 +604,7 @@ def plot_all(results: dict[str, Any], out_dir: Path, prefix: str = "latest") -> 
     colors = {
         "floor": "#636363",
         "ours": "#1b7837",
+        "ours_context": "#5aae61",
         "posthog": "#f1a340",
         "blocking_0ms": "#b2182b",
         "blocking_300ms": "#67001f",

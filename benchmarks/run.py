@@ -1,9 +1,12 @@
-"""Run every benchmark of issue 5 and write the report: `python -m benchmarks.run [--quick]`.
+"""Run every benchmark and write the report: `python -m benchmarks.run [--quick]`.
 
 Writes `<out>/<timestamp>.json` (every run of every section), `<out>/<timestamp>.md` and a copy
-`<out>/latest.md`, and the plots `<out>/latest-*.png` that the README embeds. A goal that is
-missed gets a profile (cProfile, or tracemalloc for memory) whose top functions go into the
-report. Exits 1 when a section failed to run (a missed goal is a finding, not a failure).
+`<out>/latest.md`, and the plots `<out>/latest-*.png` that the docs embed. `<out>` is
+`benchmarks/results/` for a full run (the committed results) and the git-ignored
+`benchmarks/results/scratch/` for `--quick` or `--only`, whose figures must not replace them.
+A goal that is missed gets a profile (cProfile, or tracemalloc for memory) whose top functions
+go into the report. Exits 1 when a section failed to run (a missed goal is a finding, not a
+failure).
 
 Sizes: the full run takes about 10 minutes on 2 cores; `--quick` runs every section with tiny
 sizes in about a minute (the smoke test of `make test` runs it), its figures mean nothing.
@@ -25,7 +28,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks import at_exit, gil, memory, profiling, report, routes, spool, throughput
+from benchmarks import (
+    at_exit,
+    gil,
+    import_cost,
+    memory,
+    profiling,
+    report,
+    routes,
+    spool,
+    throughput,
+)
 from benchmarks._common import (
     PYTHON,
     ROOT,
@@ -35,10 +48,13 @@ from benchmarks._common import (
     summarize,
 )
 
-SECTIONS = ("caller_cost", "throughput", "memory", "gil", "routes", "exit", "spool")
+SECTIONS = ("caller_cost", "throughput", "memory", "gil", "routes", "exit", "import_cost", "spool")
+RESULTS = ROOT / "benchmarks" / "results"
+SCRATCH = RESULTS / "scratch"
 CALLER_CASES = {
     "test_floor_put_nowait": "floor",
     "test_ours_track": "ours",
+    "test_ours_track_in_context": "ours_context",
     "test_posthog_capture": "posthog",
     "test_blocking[0ms]": "blocking_0ms",
     "test_blocking[300ms]": "blocking_300ms",
@@ -50,6 +66,7 @@ FULL: dict[str, dict[str, Any]] = {
     "gil": {"blocks": 8, "phase_s": 1.0, "rounds": 2},
     "routes": {"duration": 5.0, "rounds": 5, "warmup": 1.0},
     "exit": {"n": 500, "rounds": 3},
+    "import_cost": {"rounds": 21},
     "spool": {"steady_s": 10.0, "rounds": 4, "outage": 10.0, "before": 3.0, "after": 3.0},
 }
 QUICK: dict[str, dict[str, Any]] = {
@@ -58,6 +75,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "gil": {"blocks": 2, "phase_s": 0.2, "rounds": 1},
     "routes": {"duration": 1.0, "rounds": 1, "warmup": 0.0},
     "exit": {"n": 50, "rounds": 1, "shutdown_timeout": 1.0},
+    "import_cost": {"rounds": 1},
     "spool": {
         "steady_s": 1.0,
         "rounds": 1,
@@ -122,6 +140,10 @@ def run_caller_cost(quick: bool) -> dict[str, Any]:
         }
         if "floor" in summary:
             ratios["ours_over_floor_median"] = ours["median_us"] / summary["floor"]["median_us"]
+        if "ours_context" in summary:
+            ratios["context_over_ours_median"] = (
+                summary["ours_context"]["median_us"] / ours["median_us"]
+            )
         for case in ("blocking_0ms", "blocking_300ms"):
             if case in summary:
                 ratios[f"{case}_over_ours_median"] = summary[case]["median_us"] / ours["median_us"]
@@ -140,6 +162,7 @@ def runners(plan: dict[str, dict[str, Any]], loadgen: str) -> dict[str, Callable
         "gil": lambda: gil.run(log=log, **plan["gil"]),
         "routes": lambda: routes.run(log=log, loadgen=loadgen, **plan["routes"]),
         "exit": lambda: at_exit.run(log=log, **plan["exit"]),
+        "import_cost": lambda: import_cost.run(log=log, **plan["import_cost"]),
         "spool": lambda: spool.run(log, **plan["spool"]),
     }
 
@@ -238,7 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results", help="results directory"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"results directory (default: {RESULTS.relative_to(ROOT)} for a full run, "
+        f"{SCRATCH.relative_to(ROOT)} for --quick or --only)",
     )
     parser.add_argument(
         "--only", default="", help=f"comma-separated sections of: {','.join(SECTIONS)}"
@@ -253,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         help="measure nothing: render the markdown and plots of an earlier results file",
     )
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = SCRATCH if (args.quick or args.only) else RESULTS
     if args.from_json:
         return rerender(args.from_json, args.out)
 

@@ -294,7 +294,9 @@ def spool_metrics(**spool: object) -> Metrics:
 def test_health_is_degraded_while_events_wait_in_the_spool() -> None:
     health = evaluate_health(spool_metrics(rows=40, oldest_age_s=12.0), mode="posthog")
     assert health.status == "degraded"
-    assert health.reasons == ["40 events wait in the spool, the oldest 12 s old"]
+    assert [(r.code, r.message) for r in health.reasons] == [
+        ("spool_waiting", "40 events wait in the spool, the oldest 12 s old")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -314,8 +316,9 @@ def test_health_says_when_the_spool_is_unusable_or_dropped_events() -> None:
         mode="posthog",
     )
     assert health.status == "degraded"
-    assert "spool full: disk; events are kept in memory only" in health.reasons
-    assert "the spool dropped its 3 oldest events (size bound)" in health.reasons
+    messages = {r.code: r.message for r in health.reasons}
+    assert messages["spool_unusable"] == "spool full: disk; events are kept in memory only"
+    assert messages["spool_dropped"] == "the spool dropped its 3 oldest events (size bound)"
 
 
 def test_an_empty_working_spool_is_healthy() -> None:

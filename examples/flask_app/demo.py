@@ -260,7 +260,7 @@ def worker_health(base: str, tries: int) -> dict[str, str]:
         status, headers, body = http("GET", f"{base}/analytics/health")
         pid = headers.get("X-Worker-Pid", "?")
         if isinstance(body, dict):
-            reasons = "; ".join(body.get("reasons", []))
+            reasons = "; ".join(r["message"] for r in body.get("reasons", []))
             metrics = body.get("metrics", {})
             seen[pid] = (
                 f"{body.get('status')} (HTTP {status}, {body.get('mode')} mode, "
