@@ -162,6 +162,7 @@ def test_an_outage_at_2000_events_per_second_loses_nothing_with_a_spool(
         received = capture_server.uuids()
         assert sorted(received) == sorted(load.uuids)  # every event, each exactly once
         assert capture_server.duplicates() == []
+        assert client.shutdown(10)  # at rest: the accounting below is read in one state
         metrics = client.metrics()
         assert metrics.failed == 0 and metrics.refused == 0
         assert metrics.spooled > 0  # the outage went through the file
@@ -378,10 +379,10 @@ FILL_THE_DISK = """
     print("ready", accepted, flush=True)
     sys.stdin.readline()  # the server is up again
     q.flush(30)
-    m = q.metrics()
     health = q.health().to_dict()
+    q.shutdown(5)  # at rest: the accounting is read in one state
+    m = q.metrics()
     print(json.dumps({"accepted": accepted, "metrics": m.to_dict(), "health": health}))
-    q.shutdown(5)
 """
 
 
