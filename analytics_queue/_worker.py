@@ -186,9 +186,9 @@ class Worker:
                 budget = max(0.0, deadline - self._monotonic())
                 deadline -= min(SPOOL_EXIT_RESERVE_MAX, budget * SPOOL_EXIT_RESERVE)
             with self._state:
-                self._policy.stop(deadline)
-        self._interrupt.set()
-        self.wake.set()
+                self._policy.stop(deadline, self._monotonic())
+            self._interrupt.set()  # inside: Event.set takes a lock a signal must not split
+            self.wake.set()
 
     def wait_stopped(self, deadline: float) -> bool:
         """Wait for the drain started by :meth:`begin_stop`; True when nothing is left."""
@@ -214,8 +214,9 @@ class Worker:
                 token = self._policy.flush_started()
         waiter = None
         try:
-            self._interrupt.set()
-            self.wake.set()
+            with guarded():
+                self._interrupt.set()
+                self.wake.set()
             if not self.alive:
                 return self._run_here(deadline, target)
             with guarded():
@@ -242,7 +243,10 @@ class Worker:
             self._loop()
         finally:
             self.ledger.wake_waiters()
-            _lifecycle.release(self)
+            if self.ledger.totals().unfinished == 0:
+                # Held otherwise: a stop that ran out of time leaves events that the exit
+                # drain sends on the main thread.
+                _lifecycle.release(self)
 
     def _loop(self) -> None:
         while True:
@@ -301,7 +305,7 @@ class Worker:
                 if not self._send_lock.acquire(timeout=max(0.0, deadline - now)):
                     return False
                 try:
-                    self._step()
+                    self._step(deadline)
                 finally:
                     self._send_lock.release()
 
@@ -373,7 +377,8 @@ class Worker:
 
     # -- one step: take, serialize, send, account -------------------------------------------
 
-    def _step(self) -> None:
+    def _step(self, deadline: float | None = None) -> None:
+        """Send one request's worth; ``deadline`` (monotonic) bounds it on a caller's thread."""
         replayed = self._spool_claim()
         batch = self.ledger.take(MAX_BATCH_EVENTS, replayed)
         self._counters.observe_queue_size(batch.open + self.buffer.qsize())
@@ -384,7 +389,7 @@ class Worker:
             if part and self.spool is not None:
                 part = self.spool.write_ahead(part)
             if part:
-                self._deliver(batch, part)
+                self._deliver(batch, part, deadline)
         except Exception:
             # A bug of ours (or of a logging filter): what the step held is counted, never
             # left uncounted, and the loop goes on.
@@ -422,13 +427,15 @@ class Worker:
             self._fail(batch, reason, count)
         return encoded
 
-    def _deliver(self, batch: Batch, events: list[Pending]) -> None:
+    def _deliver(self, batch: Batch, events: list[Pending], limit: float | None) -> None:
         # A stack of parts: a 413 or a 400 on several events splits them in halves.
         stack = [events]
         while stack:
             part = stack.pop()
             with self._state:
                 deadline = self._policy.stop_deadline
+            if limit is not None:
+                deadline = limit if deadline is None else min(deadline, limit)
             timeout = self._timeout
             if deadline is not None:
                 timeout = min(timeout, deadline - self._monotonic())
