@@ -22,9 +22,9 @@ import math
 import uuid as uuid_module
 from collections.abc import Mapping
 from decimal import Decimal
-from json.encoder import encode_basestring
 from typing import Any, Final, NamedTuple
 
+from analytics_queue import _json
 from analytics_queue._version import __version__
 from analytics_queue.errors import (
     InvalidEventError,
@@ -306,25 +306,32 @@ class EventEncoder:
     Args:
         app_version: added to every event's properties as ``app_version`` when set.
         environment: added as ``environment`` when set.
+        backend: the JSON backend (default: orjson when installed, see ``_json``).
 
-    Immutable after construction; safe to share between threads.
+    Expects properties as :func:`capture_properties` returns them; on those, every backend
+    gives the same outcome. Immutable after construction; safe to share between threads.
     """
 
-    __slots__ = ("_dumps", "_static", "_static_json", "_static_keys")
+    __slots__ = ("_dumps", "_static", "_static_json", "_static_keys", "backend")
 
-    def __init__(self, app_version: str | None = None, environment: str | None = None) -> None:
+    def __init__(
+        self,
+        app_version: str | None = None,
+        environment: str | None = None,
+        *,
+        backend: _json.Backend | None = None,
+    ) -> None:
         static: dict[str, Any] = {"$lib": LIB_NAME, "$lib_version": __version__}
         if app_version is not None:
             static["app_version"] = app_version
         if environment is not None:
             static["environment"] = environment
+        self.backend = backend or _json.DEFAULT
+        self._dumps = self.backend.dumps
         self._static = static
         self._static_keys = frozenset(static) | {"queued_at"}
-        self._dumps = json.JSONEncoder(
-            ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
-        ).encode
-        # The enrichment as JSON members, written once: '"$lib":"analytics_queue",...'.
-        self._static_json = self._dumps(static)[1:-1]
+        # The enrichment as JSON members, written once: b'"$lib":"analytics_queue",...'.
+        self._static_json = _json.STDLIB.dumps(static)[1:-1]
 
     def uuid_of(self, item: QueuedEvent) -> str:
         """The event's uuid as sent on the wire."""
@@ -343,21 +350,23 @@ class EventEncoder:
             if item.timestamp is None
             else item.timestamp.isoformat(timespec="microseconds")
         )
+        dumps = self._dumps
         try:
             props = item.properties
-            if self._static_keys.isdisjoint(props):
-                members = f'{self._static_json},"queued_at":"{queued_at}"'
-                if props:
-                    members += "," + self._dumps(props)[1:-1]
-            else:  # the caller set an enrichment key: theirs wins, with no duplicate key
-                members = self._dumps({**self._static, "queued_at": queued_at, **props})[1:-1]
-            text = (
-                f'{{"event":{encode_basestring(item.event)},'
-                f'"distinct_id":{encode_basestring(item.distinct_id)},'
-                f'"properties":{{{members}}},'
-                f'"timestamp":"{timestamp}","uuid":"{self.uuid_of(item)}"}}'
+            if not self._static_keys.isdisjoint(props):
+                # The caller set an enrichment key: theirs wins, with no duplicate key.
+                members = dumps({**self._static, "queued_at": queued_at, **props})[1:-1]
+            elif props:
+                members = _MEMBERS % (self._static_json, queued_at.encode(), dumps(props)[1:-1])
+            else:
+                members = _MEMBERS_ONLY_STATIC % (self._static_json, queued_at.encode())
+            data = _ELEMENT % (
+                dumps(item.event),
+                dumps(item.distinct_id),
+                members,
+                timestamp.encode(),
+                self.uuid_of(item).encode(),
             )
-            data = text.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidEventError(
                 f"event {item.event!r}: a string is not valid Unicode (lone surrogate)"
@@ -370,3 +379,8 @@ class EventEncoder:
                 f"{MAX_EVENT_BYTES}-byte limit of one event"
             )
         return data
+
+
+_ELEMENT: Final = b'{"event":%s,"distinct_id":%s,"properties":{%s},"timestamp":"%s","uuid":"%s"}'
+_MEMBERS: Final = b'%s,"queued_at":"%s",%s'
+_MEMBERS_ONLY_STATIC: Final = b'%s,"queued_at":"%s"'
