@@ -112,7 +112,7 @@ class Point:
 @pytest.mark.parametrize(
     "obj",
     [
-        {1: "int key", None: "none key", True: "bool key", 2.5: "float key"},
+        {2: "int key", None: "none key", True: "bool key", 2.5: "float key"},
         {"sub": Text("x"), Text("k"): 1},
         {"when": dt.datetime(2026, 1, 1), "day": dt.date(2026, 1, 1)},
         {"point": Point(1)},
