@@ -35,7 +35,7 @@ from analytics_queue.errors import (
 from analytics_queue.event import (
     EventEncoder,
     QueuedEvent,
-    capture_properties,
+    capture_sized,
     check_distinct_id,
     check_event_name,
     check_timestamp,
@@ -52,6 +52,7 @@ QUEUE_FULL_WARNING_INTERVAL: Final = 60.0
 LOCAL_MODE_REASON: Final = "no API key: events are logged, not sent"
 
 _UNSET: Final[Any] = object()
+_new_tuple: Final[Any] = tuple.__new__
 
 
 class AnalyticsQueue:
@@ -213,7 +214,7 @@ class AnalyticsQueue:
                 event = check_event_name(event)
             if type(distinct_id) is not str or not distinct_id:
                 distinct_id = check_distinct_id(event, distinct_id)
-            props = capture_properties(event, properties)
+            props, size = capture_sized(event, properties)
             when = None if timestamp is None else check_timestamp(event, timestamp)
             event_id = self._random_bits(128) if uuid is None else check_uuid(event, uuid)
         except RefusedError as refusal:
@@ -223,7 +224,10 @@ class AnalyticsQueue:
             return self._refuse(
                 UnserializableError(f"event {name!r}: {type(exc).__name__} while checking it")
             )
-        item = QueuedEvent(event, distinct_id, props, when, event_id, time.time())
+        # tuple.__new__: the same QueuedEvent without the NamedTuple constructor's Python frame.
+        item: QueuedEvent = _new_tuple(
+            QueuedEvent, (event, distinct_id, props, when, event_id, time.time(), size)
+        )
         # Inside the queue's mutex: a re-entrant track() on this thread refuses instead of
         # waiting for it, and a signal that ends the process waits until it is released.
         inside.active = True

@@ -149,8 +149,45 @@ def capture_properties(event: str, properties: Mapping[str, Any] | None) -> dict
     Raises:
         RefusedError: a subclass naming the event and the property path of the bad value.
     """
+    return capture_sized(event, properties)[0]
+
+
+def capture_sized(event: str, properties: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
+    """Copy and check ``properties``; returns the copy and an estimate of its serialized bytes.
+
+    The common case, a dict of str keys and str, int, float, bool or None values, is one copy
+    and one loop over it; anything else takes the general path.
+
+    Raises:
+        RefusedError: a subclass naming the event and the property path of the bad value.
+    """
+    if type(properties) is dict:
+        out = properties.copy()
+        size = 0
+        for key, value in out.items():
+            kind = type(value)
+            if type(key) is not str:
+                break
+            if kind is str:
+                size += len(key) + len(value)
+            elif kind is int or kind is bool or value is None:
+                size += len(key)
+            elif kind is not float or value - value != 0.0:  # NaN and infinities fail
+                break
+            else:
+                size += len(key)
+        else:
+            size += _VALUE_OVERHEAD * len(out)
+            if size <= _EXACT_SIZE_ABOVE:
+                return out, size
+    return _capture_general(event, properties)
+
+
+def _capture_general(
+    event: str, properties: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], int]:
     if properties is None:
-        return {}
+        return {}, 0
     if not isinstance(properties, Mapping):
         raise UnserializableError(
             f"event {event!r}: properties must be a mapping, got {type(properties).__name__}"
@@ -193,7 +230,7 @@ def capture_properties(event: str, properties: Mapping[str, Any] | None) -> dict
                 f"event {event!r}: properties take {size} bytes serialized, over the "
                 f"{MAX_EVENT_BYTES}-byte limit of one event"
             )
-    return out
+    return out, size
 
 
 def _serialized_size(event: str, properties: dict[str, Any]) -> int:

@@ -203,3 +203,46 @@ def test_distinct_id_timestamp_and_uuid_checks() -> None:
 def test_the_cached_isoformat_matches_datetimes_own(epoch: float) -> None:
     expected = dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="microseconds")
     assert isoformat(epoch) == expected
+
+
+FLAT = {"topic": "t", "words": 412, "ms": 812.5, "ok": True, "ref": None, "ü": "ö"}
+
+
+def test_a_flat_dict_is_copied_and_sized_like_the_general_path() -> None:
+    from analytics_queue.event import _capture_general, capture_sized
+
+    original = dict(FLAT)
+    copy, size = capture_sized("e", original)
+    original["topic"] = "changed"
+    original["new"] = 1
+    assert copy == FLAT and copy is not original
+    assert (copy, size) == _capture_general("e", FLAT)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (math.nan, InvalidEventError),
+        (math.inf, InvalidEventError),
+        (-math.inf, InvalidEventError),
+        (object(), UnserializableError),
+    ],
+)
+def test_the_flat_path_refuses_what_the_general_path_refuses(
+    value: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=r'properties\["bad"\]'):
+        capture_properties("e", {**FLAT, "bad": value})
+
+
+def test_the_flat_path_leaves_subclasses_to_the_general_path() -> None:
+    class Key(str, enum.Enum):
+        PLAN = "plan"
+
+    class Flag(int):
+        pass
+
+    copy = capture_properties("e", {Key.PLAN: "pro", "flag": Flag(3), "f": 1.5})
+    assert copy == {"plan": "pro", "flag": 3, "f": 1.5}
+    assert [type(k) for k in copy] == [str, str, str]
+    assert type(copy["flag"]) is int
