@@ -14,6 +14,13 @@ thread or, when no worker thread is alive in this process, on the thread that ca
 or drains at exit. Each piece of CPU work is short: events are serialized in chunks with a GIL
 hand-off between chunks, so request threads never wait behind a whole batch.
 
+With a :class:`~analytics_queue.transport.Pipelined` transport the worker thread pipelines: while
+one request waits for its answer, it takes and serializes the next batch and prepares its body
+(:class:`_Ahead`), which goes out as soon as the answer came. The batch ahead is in flight in the
+ledger like the one on the wire; when the answer calls for a retry, or the stop deadline passed,
+it goes back to the retry line unsent. Steps on other threads (flush or exit without a worker
+thread) never prepare ahead, so their deadlines hold between attempts as before.
+
 Thread safety: every public method may be called from any thread.
 """
 
@@ -25,6 +32,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 from analytics_queue import _lifecycle
@@ -36,7 +44,7 @@ from analytics_queue.errors import RefusedError
 from analytics_queue.event import EventEncoder
 from analytics_queue.metrics import Counters, ErrorRecord
 from analytics_queue.retry import RetryPolicy
-from analytics_queue.transport import SendResult, Transport
+from analytics_queue.transport import Pipelined, PreparedBody, SendResult, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +124,7 @@ class Worker:
         self._interrupt = threading.Event()
         self._state = threading.Lock()  # guards _policy
         self._send_lock = threading.Lock()
+        self._ahead: _Ahead | None = None  # guarded by _send_lock
         self._thread: threading.Thread | None = None
         self._start_failed = False
 
@@ -287,20 +296,77 @@ class Worker:
     def _step(self) -> None:
         batch = self.ledger.take(MAX_BATCH_EVENTS)
         self._counters.observe_queue_size(batch.open + self.buffer.qsize())
+        prepared: PreparedBody | None = None
+        part: list[Pending] = []
+        while True:
+            try:
+                if prepared is None:
+                    part = self._serialize(batch)
+                if part:
+                    self._deliver(batch, part, prepared)
+            except Exception:
+                # A bug of ours (or of a logging filter): what the step held is counted, never
+                # left uncounted, and the loop goes on.
+                logger.exception("analytics worker: unexpected error while sending a batch")
+                self._abandon_ahead()
+            finally:
+                self._close(batch)
+            # The batch prepared while the last request was in flight goes next.
+            ahead, self._ahead = self._ahead, None
+            if ahead is None:
+                return
+            batch, part, prepared = ahead.batch, ahead.part, ahead.body
+
+    def _serialize(self, batch: Batch) -> list[Pending]:
+        """The events of ``batch`` to send now; those past the byte limit go to the retry line."""
+        pendings = batch.retried + self._encode(batch)
+        part, overflow = _cut_by_bytes(pendings)
+        self.ledger.requeue(batch, overflow)
+        return part
+
+    def _close(self, batch: Batch) -> None:
+        lost = self.ledger.close(batch)
+        if lost:
+            self._counters.fail("internal_error", lost)
+
+    # -- pipelining: the next batch, serialized while a request is in flight ----------------
+
+    def _prepare_ahead(self) -> None:
+        """Take, serialize and prepare the next batch, if one is due and delivery is healthy."""
+        transport = self._transport
+        if (
+            self._ahead is not None
+            or not isinstance(transport, Pipelined)
+            or threading.current_thread() is not self._thread
+        ):
+            return
+        with self._state:
+            healthy = self._policy.failures == 0
+        if not healthy or not self._decide().send:
+            return
+        batch = self.ledger.take(MAX_BATCH_EVENTS)
+        self._counters.observe_queue_size(batch.open + self.buffer.qsize())
+        part: list[Pending] = []
         try:
-            pendings = batch.retried + self._encode(batch)
-            part, overflow = _cut_by_bytes(pendings)
-            self.ledger.requeue(batch, overflow)
+            part = self._serialize(batch)
             if part:
-                self._deliver(batch, part)
+                body = transport.prepare([p.data for p in part])
+                self._ahead = _Ahead(batch, part, body)
+                return
         except Exception:
-            # A bug of ours (or of a logging filter): what the step held is counted, never
-            # left uncounted, and the loop goes on.
-            logger.exception("analytics worker: unexpected error while sending a batch")
-        finally:
-            lost = self.ledger.close(batch)
-            if lost:
-                self._counters.fail("internal_error", lost)
+            logger.exception("analytics worker: unexpected error while preparing a batch")
+            self._abandon(batch, part)
+        self._close(batch)
+
+    def _abandon_ahead(self) -> None:
+        """Put the batch prepared ahead back in the retry line, unsent."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            self._abandon(ahead.batch, ahead.part)
+            self._close(ahead.batch)
+
+    def _abandon(self, batch: Batch, part: list[Pending]) -> None:
+        self.ledger.requeue(batch, part)
 
     def _encode(self, batch: Batch) -> list[Pending]:
         encoded: list[Pending] = []
@@ -321,11 +387,14 @@ class Worker:
             self._fail(batch, reason, count)
         return encoded
 
-    def _deliver(self, batch: Batch, events: list[Pending]) -> None:
+    def _deliver(
+        self, batch: Batch, events: list[Pending], prepared: PreparedBody | None = None
+    ) -> None:
         # A stack of parts: a 413 or a 400 on several events splits them in halves.
         stack = [events]
         while stack:
             part = stack.pop()
+            body, prepared = prepared, None  # a prepared body belongs to the first part only
             with self._state:
                 deadline = self._policy.stop_deadline
             timeout = self._timeout
@@ -333,8 +402,9 @@ class Worker:
                 timeout = min(timeout, deadline - self._monotonic())
                 if timeout <= 0:
                     self.ledger.requeue(batch, [p for sub in (part, *reversed(stack)) for p in sub])
+                    self._abandon_ahead()
                     return
-            result, seconds = self._attempt(part, timeout)
+            result, seconds = self._attempt(part, timeout, body)
             verdict = DeliveryPolicy.judge(result, len(part))
             if verdict is Verdict.DELIVERED:
                 now = self._clock()
@@ -363,10 +433,20 @@ class Worker:
                     "PostHog refused %d event(s) (%s): %s", len(part), reason, result.error
                 )
 
-    def _attempt(self, part: list[Pending], timeout: float) -> tuple[SendResult, float]:
+    def _attempt(
+        self, part: list[Pending], timeout: float, body: PreparedBody | None
+    ) -> tuple[SendResult, float]:
         started = self._monotonic()
+        transport = self._transport
         try:
-            result = self._transport.send([p.data for p in part], timeout)
+            if isinstance(transport, Pipelined):
+                request = transport.begin(
+                    body or transport.prepare([p.data for p in part]), timeout
+                )
+                self._prepare_ahead()  # the server works on the request meanwhile
+                result = transport.finish(request)
+            else:
+                result = transport.send([p.data for p in part], timeout)
         except Exception as exc:  # a custom transport's bug must not lose the batch
             logger.warning("analytics transport raised; retrying", exc_info=True)
             result = SendResult(False, error=f"transport raised {type(exc).__name__}")
@@ -382,6 +462,7 @@ class Worker:
         self._fail(batch, "retry_limit", len(dropped))
         self._counters.record_retry(len(again))
         self.ledger.requeue(batch, again + rest)
+        self._abandon_ahead()  # not during the backoff: the batch ahead waits in line too
         # One WARNING per outage, not one per attempt; the rest at DEBUG.
         logger.log(
             logging.WARNING if failures == 1 else logging.DEBUG,
@@ -398,6 +479,15 @@ class Worker:
         if count:
             self._counters.fail(reason, count)
             self.ledger.settle(batch, count)
+
+
+@dataclass(slots=True, eq=False)
+class _Ahead:
+    """A batch taken and serialized, its body prepared, while the previous request was in flight."""
+
+    batch: Batch
+    part: list[Pending]
+    body: PreparedBody
 
 
 def _cut_by_bytes(pendings: list[Pending]) -> tuple[list[Pending], list[Pending]]:

@@ -30,13 +30,14 @@ import time
 import urllib.request
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import certifi
 import urllib3
 
+from analytics_queue import _http
 from analytics_queue._version import __version__
 from analytics_queue.event import isoformat
 from analytics_queue.retry import parse_retry_after
@@ -47,6 +48,8 @@ USER_AGENT: Final = f"analytics-queue/{__version__}"
 #: that level 9 (posthog-python's) costs; CPU on the worker is CPU taken from request threads.
 GZIP_LEVEL: Final = 1
 _MAX_MESSAGE: Final = 300
+#: The least time finish() waits for an answer, however late it is called.
+_MIN_READ_TIMEOUT: Final = 0.01
 
 local_logger = logging.getLogger("analytics_queue.local")
 
@@ -93,9 +96,53 @@ class ForkAware(Protocol):
         ...
 
 
-def _gzip(data: bytes) -> bytes:
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-    return compressor.compress(data) + compressor.flush()
+def _tail(sent_at: float) -> bytes:
+    return b'],"historical_migration":false,"sent_at":"' + isoformat(sent_at).encode() + b'"}'
+
+
+class PreparedBody:
+    """A request body without its end: compressed as far as it goes before ``sent_at``.
+
+    Made by ``prepare()`` ahead of time (the costly part); closed once, by ``begin()``.
+    """
+
+    __slots__ = ("_compressor", "_head")
+
+    def __init__(self, head: bytes, compressor: zlib._Compress | None) -> None:
+        self._head = head
+        self._compressor = compressor
+
+    def close(self, tail: bytes) -> bytes:
+        """The whole body (compressed when it was prepared so): the head, then ``tail``."""
+        if self._compressor is None:
+            return self._head + tail
+        return self._head + self._compressor.compress(tail) + self._compressor.flush()
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A request ``begin()`` wrote: its answer is read by ``finish()``, or it already failed."""
+
+    deadline: float
+    exchange: _http.Exchange | None = None
+    result: SendResult | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+@runtime_checkable
+class Pipelined(Protocol):
+    """Optional for a transport: a send in three steps, so that its caller can work between.
+
+    ``prepare(elements)`` builds the body (no I/O); ``begin(prepared, timeout)`` writes the
+    request; ``finish(request)`` reads its answer. ``send`` is the three in a row. None of them
+    raises for a delivery failure. Checked with ``isinstance``.
+    """
+
+    def prepare(self, elements: Sequence[bytes]) -> PreparedBody: ...
+
+    def begin(self, prepared: PreparedBody, timeout: float) -> InFlight: ...
+
+    def finish(self, request: InFlight) -> SendResult: ...
 
 
 class PostHogTransport:
@@ -119,21 +166,51 @@ class PostHogTransport:
 
     def body(self, elements: Sequence[bytes], sent_at: float | None = None) -> bytes:
         """The uncompressed request body for ``elements``."""
-        stamp = isoformat(time.time() if sent_at is None else sent_at).encode()
-        return b"".join(
-            (
-                self._prefix,
-                b",".join(elements),
-                b'],"historical_migration":false,"sent_at":"',
-                stamp,
-                b'"}',
-            )
-        )
+        stamp = time.time() if sent_at is None else sent_at
+        return b"".join((self._prefix, b",".join(elements), _tail(stamp)))
 
     def send(self, elements: Sequence[bytes], timeout: float) -> SendResult:
-        data = self.body(elements)
-        if self._gzip:
-            data = _gzip(data)
+        return self.finish(self.begin(self.prepare(elements), timeout))
+
+    # -- a request in three steps, so that the worker can work while the server does ---------
+
+    def prepare(self, elements: Sequence[bytes]) -> PreparedBody:
+        """Join (and compress) ``elements`` into a body that only lacks its ``sent_at``."""
+        head = self._prefix + b",".join(elements)
+        if not self._gzip:
+            return PreparedBody(head, None)
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        return PreparedBody(compressor.compress(head), compressor)
+
+    def begin(self, prepared: PreparedBody, timeout: float) -> InFlight:
+        """Stamp ``sent_at``, finish the body and write the request; never raises.
+
+        ``timeout`` bounds the whole attempt, from now until :meth:`finish` has the answer.
+        """
+        data = prepared.close(_tail(time.time()))
+        seconds = max(timeout, 0.001)
+        deadline = time.monotonic() + seconds
+        try:
+            exchange = _http.start(self._pool, self._url, data, self._headers, seconds)
+        except _http.ERRORS as exc:
+            return InFlight(deadline, result=self._failure(exc, timeout))
+        if exchange is None:  # this pool cannot split a request: send it whole now
+            return InFlight(deadline, result=self._post(data, timeout))
+        return InFlight(deadline, exchange=exchange)
+
+    def finish(self, request: InFlight) -> SendResult:
+        """Wait for the answer to a request :meth:`begin` wrote; never raises."""
+        if request.exchange is None:
+            assert request.result is not None
+            return request.result
+        remaining = max(request.deadline - time.monotonic(), _MIN_READ_TIMEOUT)
+        try:
+            response = request.exchange.finish(remaining)
+        except _http.ERRORS as exc:
+            return self._failure(exc, request.deadline - request.started)
+        return self._answer(response.status, response.headers.get("Retry-After"), response.data)
+
+    def _post(self, data: bytes, timeout: float) -> SendResult:
         seconds = max(timeout, 0.001)
         try:
             response = self._pool.request(
@@ -145,18 +222,23 @@ class PostHogTransport:
                 retries=False,
                 redirect=False,
             )
-        except urllib3.exceptions.TimeoutError:
-            return SendResult(False, error=f"no answer within {timeout:.3g} s")
         except urllib3.exceptions.HTTPError as exc:
-            return SendResult(False, error=self._scrub(f"{type(exc).__name__}: {exc}"))
-        status = response.status
+            return self._failure(exc, timeout)
+        return self._answer(response.status, response.headers.get("Retry-After"), response.data)
+
+    def _failure(self, exc: BaseException, timeout: float) -> SendResult:
+        if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+            return SendResult(False, error=f"no answer within {timeout:.3g} s")
+        return SendResult(False, error=self._scrub(f"{type(exc).__name__}: {exc}"))
+
+    def _answer(self, status: int, retry_after: str | None, data: bytes) -> SendResult:
         if 200 <= status < 300:
             return SendResult(True, status)
-        message = self._scrub(response.data.decode("utf-8", "replace")).strip()
+        message = self._scrub(data.decode("utf-8", "replace")).strip()
         return SendResult(
             False,
             status,
-            parse_retry_after(response.headers.get("Retry-After")),
+            parse_retry_after(retry_after),
             f"{status} {message}".strip()[:_MAX_MESSAGE],
         )
 
