@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from analytics_queue import _lifecycle
 from analytics_queue._buffer import EventBuffer
@@ -59,6 +59,8 @@ MAX_BATCH_BYTES: Final = 1024 * 1024
 HANDOFF_INTERVAL: Final = 0.0003
 #: How long the worker rests after an unexpected error in its loop.
 ERROR_PAUSE: Final = 1.0
+#: Builds a NamedTuple without its constructor's Python frame (once per event).
+_new_tuple: Final[Any] = tuple.__new__
 
 
 class Worker:
@@ -379,7 +381,7 @@ class Worker:
                 time.sleep(0)  # a GIL hand-off: a waiting request thread runs now
                 handoff_at = clock() + HANDOFF_INTERVAL
             try:
-                encoded.append(Pending(seq, encode(item), item.tracked_at))
+                encoded.append(_new_tuple(Pending, (seq, encode(item), item.tracked_at)))
             except RefusedError as exc:
                 refused[exc.reason] = refused.get(exc.reason, 0) + 1
                 logger.debug("analytics event not sent: %s", exc)

@@ -246,3 +246,8 @@ def test_the_flat_path_leaves_subclasses_to_the_general_path() -> None:
     assert copy == {"plan": "pro", "flag": 3, "f": 1.5}
     assert [type(k) for k in copy] == [str, str, str]
     assert type(copy["flag"]) is int
+
+
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_format_uuid4_sets_the_bits_uuid_itself_sets(bits: int) -> None:
+    assert format_uuid4(bits) == str(uuid.UUID(int=bits, version=4))
