@@ -9,6 +9,10 @@ Or use the default instance, configured from the environment on first use::
     import analytics_queue
     analytics_queue.track("story_generated", distinct_id="user-123")
 
+posthog-python's calls have the same names here: ``set``, ``set_once``, ``alias``,
+``group_identify``, and the context functions ``new_context``, ``tag``, ``identify_context`` and
+``set_context_session`` (see docs/posthog-parity.md).
+
 The module-level functions are safe to call from any thread.
 """
 
@@ -20,11 +24,19 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from analytics_queue._flushing import flushing
 from analytics_queue._guard import guarded, inside
 from analytics_queue._lifecycle import install_sigterm_handler
 from analytics_queue._version import __version__
 from analytics_queue.client import AnalyticsQueue
 from analytics_queue.config import Config
+from analytics_queue.context import (
+    get_tags,
+    identify_context,
+    new_context,
+    set_context_session,
+    tag,
+)
 from analytics_queue.errors import (
     AnalyticsQueueError,
     ConfigurationError,
@@ -51,14 +63,24 @@ __all__ = [
     "ShutdownError",
     "UnserializableError",
     "__version__",
+    "alias",
     "configure",
     "flush",
+    "flushing",
     "get_default",
     "get_health",
     "get_metrics",
     "get_queue_size",
+    "get_tags",
+    "group_identify",
+    "identify_context",
     "install_sigterm_handler",
+    "new_context",
+    "set",
+    "set_context_session",
+    "set_once",
     "shutdown",
+    "tag",
     "track",
 ]
 
@@ -110,19 +132,27 @@ def configure(**options: Any) -> AnalyticsQueue:
 def track(
     event: str,
     *,
-    distinct_id: Any,
+    distinct_id: Any = None,
     properties: Mapping[str, Any] | None = None,
     timestamp: Any = None,
     uuid: Any = None,
+    groups: Mapping[str, Any] | None = None,
+    disable_geoip: bool | None = None,
 ) -> bool:
     """``track()`` on the default instance."""
     if inside.active:  # re-entered inside the library on this thread (a logging handler, ...)
         return False
+    call: dict[str, Any] = {
+        "distinct_id": distinct_id,
+        "properties": properties,
+        "timestamp": timestamp,
+        "uuid": uuid,
+        "groups": groups,
+        "disable_geoip": disable_geoip,
+    }
     instance = get_default()
     try:
-        if instance.track(
-            event, distinct_id=distinct_id, properties=properties, timestamp=timestamp, uuid=uuid
-        ):
+        if instance.track(event, **call):
             return True
     except ShutdownError:  # strict mode
         if instance is _default:
@@ -130,8 +160,76 @@ def track(
     if not instance.closed or instance is _default:
         return False
     # configure() replaced and closed the default instance while this call used it.
-    return get_default().track(
-        event, distinct_id=distinct_id, properties=properties, timestamp=timestamp, uuid=uuid
+    return get_default().track(event, **call)
+
+
+def set(  # noqa: A001 - posthog-python's name
+    *,
+    distinct_id: Any = None,
+    properties: Mapping[str, Any] | None = None,
+    timestamp: Any = None,
+    uuid: Any = None,
+    disable_geoip: bool | None = None,
+) -> bool:
+    """``set()`` on the default instance: a ``$set`` event."""
+    if inside.active:
+        return False
+    return get_default().set(
+        distinct_id=distinct_id,
+        properties=properties,
+        timestamp=timestamp,
+        uuid=uuid,
+        disable_geoip=disable_geoip,
+    )
+
+
+def set_once(
+    *,
+    distinct_id: Any = None,
+    properties: Mapping[str, Any] | None = None,
+    timestamp: Any = None,
+    uuid: Any = None,
+    disable_geoip: bool | None = None,
+) -> bool:
+    """``set_once()`` on the default instance: a ``$set_once`` event."""
+    if inside.active:
+        return False
+    return get_default().set_once(
+        distinct_id=distinct_id,
+        properties=properties,
+        timestamp=timestamp,
+        uuid=uuid,
+        disable_geoip=disable_geoip,
+    )
+
+
+def alias(
+    previous_id: Any,
+    distinct_id: Any = None,
+    timestamp: Any = None,
+    uuid: Any = None,
+    disable_geoip: bool | None = None,
+) -> bool:
+    """``alias()`` on the default instance: a ``$create_alias`` event."""
+    if inside.active:
+        return False
+    return get_default().alias(previous_id, distinct_id, timestamp, uuid, disable_geoip)
+
+
+def group_identify(
+    group_type: str,
+    group_key: Any,
+    properties: Mapping[str, Any] | None = None,
+    timestamp: Any = None,
+    uuid: Any = None,
+    disable_geoip: bool | None = None,
+    distinct_id: Any = None,
+) -> bool:
+    """``group_identify()`` on the default instance: a ``$groupidentify`` event."""
+    if inside.active:
+        return False
+    return get_default().group_identify(
+        group_type, group_key, properties, timestamp, uuid, disable_geoip, distinct_id
     )
 
 

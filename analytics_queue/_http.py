@@ -40,19 +40,24 @@ class Exchange:
         self._pool = pool
         self._conn = conn
 
-    def finish(self, timeout: float) -> Any:
-        """The answer (a urllib3 ``HTTPResponse``, body read), within ``timeout`` seconds."""
+    def finish(self, timeout: float, limit: int) -> tuple[Any, bytes]:
+        """The answer (a urllib3 ``HTTPResponse``) and up to ``limit`` bytes of its body,
+        within ``timeout`` seconds. A longer body's connection is closed, not reused."""
         conn = self._conn
         try:
             conn.timeout = timeout  # applied to the socket by getresponse()
             response = conn.getresponse()
-            response.data  # noqa: B018 - read the body now, so the connection can be reused
+            data = response.read(limit)
+            more = response.read(1)
         except BaseException:
             self.abort()
             raise
-        self._pool._put_conn(conn)
-        self._conn = None
-        return response
+        if more:
+            self.abort()
+        else:
+            self._pool._put_conn(conn)
+            self._conn = None
+        return response, bytes(data)
 
     def abort(self) -> None:
         """Close the connection without reading the answer (the pool opens a new one)."""
@@ -85,7 +90,7 @@ def start(
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
-        conn.request("POST", path, body=body, headers=headers)
+        conn.request("POST", path, body=body, headers=headers, preload_content=False)
     except BaseException:
         exchange.abort()
         raise

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from analytics_queue import _lifecycle
+from analytics_queue import _lifecycle, _multiprocessing
 from analytics_queue._buffer import EventBuffer
 from analytics_queue._delivery import Decision, DeliveryPolicy, Verdict
 from analytics_queue._guard import guarded, inside
@@ -127,6 +127,7 @@ class Worker:
         self._state = threading.Lock()  # guards _policy
         self._send_lock = threading.Lock()
         self._ahead: _Ahead | None = None  # guarded by _send_lock
+        self._handoff_at = 0.0  # perf_counter time of the next GIL hand-off (_send_lock)
         self._thread: threading.Thread | None = None
         self._start_failed = False
 
@@ -157,6 +158,7 @@ class Worker:
         thread = threading.Thread(target=self._run, name=WORKER_NAME, daemon=True)
         # Held by the exit drain while it may hold events, even if its client is collected.
         _lifecycle.keep(self)
+        _multiprocessing.register_exit_drain()  # multiprocessing children skip atexit
         try:
             thread.start()
         except RuntimeError as exc:
@@ -296,6 +298,7 @@ class Worker:
     # -- one step: take, serialize, send, account -------------------------------------------
 
     def _step(self) -> None:
+        self._handoff_at = time.perf_counter() + HANDOFF_INTERVAL  # the thread just woke
         batch = self.ledger.take(MAX_BATCH_EVENTS)
         self._counters.observe_queue_size(batch.open + self.buffer.qsize())
         prepared: PreparedBody | None = None
@@ -370,16 +373,20 @@ class Worker:
     def _abandon(self, batch: Batch, part: list[Pending]) -> None:
         self.ledger.requeue(batch, part)
 
+    def _handoff(self) -> None:
+        """A GIL hand-off, if this thread has run for HANDOFF_INTERVAL since it last waited."""
+        if time.perf_counter() >= self._handoff_at:
+            time.sleep(0)  # a waiting request thread runs now
+            self._handoff_at = time.perf_counter() + HANDOFF_INTERVAL
+
     def _encode(self, batch: Batch) -> list[Pending]:
         encoded: list[Pending] = []
         encode = self._encoder.encode
         refused: dict[str, int] = {}
         clock = time.perf_counter
-        handoff_at = clock() + HANDOFF_INTERVAL
         for seq, item in enumerate(batch.fresh, batch.first_seq):
-            if clock() >= handoff_at:
-                time.sleep(0)  # a GIL hand-off: a waiting request thread runs now
-                handoff_at = clock() + HANDOFF_INTERVAL
+            if clock() >= self._handoff_at:
+                self._handoff()
             try:
                 encoded.append(_new_tuple(Pending, (seq, encode(item), item.tracked_at)))
             except RefusedError as exc:
@@ -442,16 +449,19 @@ class Worker:
         transport = self._transport
         try:
             if isinstance(transport, Pipelined):
-                request = transport.begin(
-                    body or transport.prepare([p.data for p in part]), timeout
-                )
+                prepared = body or transport.prepare([p.data for p in part])
+                self._handoff()
+                request = transport.begin(prepared, timeout)
                 self._prepare_ahead()  # the server works on the request meanwhile
+                self._handoff()
                 result = transport.finish(request)
             else:
+                self._handoff()
                 result = transport.send([p.data for p in part], timeout)
         except Exception as exc:  # a custom transport's bug must not lose the batch
             logger.warning("analytics transport raised; retrying", exc_info=True)
             result = SendResult(False, error=f"transport raised {type(exc).__name__}")
+        self._handoff_at = time.perf_counter() + HANDOFF_INTERVAL  # the answer was waited for
         return result, self._monotonic() - started
 
     def _retry_later(

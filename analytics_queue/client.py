@@ -17,7 +17,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from analytics_queue import _lifecycle
@@ -25,7 +25,17 @@ from analytics_queue._buffer import BufferClosed, EventBuffer
 from analytics_queue._guard import deferred, guarded, inside, run_deferred
 from analytics_queue._uwsgi import uwsgi_problems
 from analytics_queue._worker import Worker
+from analytics_queue.builders import (
+    alias_event,
+    common,
+    group_event,
+    person_event,
+    person_options,
+    resolve_track,
+    track_options,
+)
 from analytics_queue.config import Config, build_config
+from analytics_queue.context import current_scope
 from analytics_queue.errors import (
     QueueFullError,
     RefusedError,
@@ -33,13 +43,16 @@ from analytics_queue.errors import (
     UnserializableError,
 )
 from analytics_queue.event import (
+    MAX_DISTINCT_ID_LENGTH,
+    MAX_EVENT_NAME_LENGTH,
     EventEncoder,
+    EventOptions,
     QueuedEvent,
     capture_sized,
-    check_distinct_id,
     check_event_name,
     check_timestamp,
     check_uuid,
+    shown,
 )
 from analytics_queue.metrics import Counters, Health, Metrics, evaluate_health
 from analytics_queue.retry import RetryPolicy
@@ -77,6 +90,15 @@ class AnalyticsQueue:
         environment: added to every event's properties as ``environment``.
         strict: refusals raise from track() instead of returning False (False).
         disabled: track() is a no-op that returns False (False).
+        disable_geoip: send ``$geoip_disable: true`` so that PostHog does not locate users by
+            the server's address (True, as posthog-python); each call can say otherwise.
+        super_properties: properties merged over every event's own, as posthog-python merges
+            them (they win over the call's properties).
+        historical_migration: mark batches as a historical import (False).
+        before_send: ``callable(event: dict) -> dict | None``, run on the worker thread before
+            an event is serialized: return it (changed or not), or None to drop it.
+        request_context: the Flask and Django integrations open a context per request (True).
+        request_context_ip: ... and add the client's address as ``$ip`` (False: personal data).
         transport: a sender to use instead of PostHog's or the local one (tests, custom sinks).
         retry_policy: the backoff between failed attempts.
 
@@ -102,6 +124,12 @@ class AnalyticsQueue:
         strict: bool | None = None,
         disabled: bool | None = None,
         *,
+        disable_geoip: bool | None = None,
+        super_properties: Mapping[str, Any] | None = None,
+        historical_migration: bool | None = None,
+        before_send: Callable[[dict[str, Any]], Any] | None = None,
+        request_context: bool | None = None,
+        request_context_ip: bool | None = None,
         transport: Transport | None = None,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
@@ -118,6 +146,12 @@ class AnalyticsQueue:
             "environment": environment,
             "strict": strict,
             "disabled": disabled,
+            "disable_geoip": disable_geoip,
+            "super_properties": super_properties,
+            "historical_migration": historical_migration,
+            "before_send": before_send,
+            "request_context": request_context,
+            "request_context_ip": request_context_ip,
         }
         if requeue_limit is not _UNSET:
             options["requeue_limit"] = requeue_limit
@@ -126,7 +160,7 @@ class AnalyticsQueue:
             self._problems = uwsgi_problems()
         self._transport: Transport = transport or self._default_transport(self._config)
         self._retry_policy = retry_policy
-        self._encoder = EventEncoder(self._config.app_version, self._config.environment)
+        self._encoder = self._make_encoder(self._config)
         self._lock = threading.Lock()
         self._closed = False
         self._last_full_warning = 0.0
@@ -137,7 +171,22 @@ class AnalyticsQueue:
     def _default_transport(config: Config) -> Transport:
         if config.api_key is None:
             return LocalTransport()
-        return PostHogTransport(config.api_key, config.host, gzip=config.gzip)
+        return PostHogTransport(
+            config.api_key,
+            config.host,
+            gzip=config.gzip,
+            historical_migration=config.historical_migration,
+        )
+
+    @staticmethod
+    def _make_encoder(config: Config) -> EventEncoder:
+        return EventEncoder(
+            config.app_version,
+            config.environment,
+            disable_geoip=config.disable_geoip,
+            super_properties=config.super_properties,
+            before_send=config.before_send,
+        )
 
     def _reset_process_state(self) -> None:
         """Everything that belongs to one process: buffer, worker, counters, random source."""
@@ -183,10 +232,12 @@ class AnalyticsQueue:
         self,
         event: str,
         *,
-        distinct_id: str | int | Any,
+        distinct_id: str | int | Any = None,
         properties: Mapping[str, Any] | None = None,
         timestamp: Any = None,
         uuid: Any = None,
+        groups: Mapping[str, Any] | None = None,
+        disable_geoip: bool | None = None,
     ) -> bool:
         """Queue one event; returns True when queued, False when refused (and counted).
 
@@ -195,10 +246,17 @@ class AnalyticsQueue:
         Args:
             event: the event name, a non-empty str.
             distinct_id: the user's id: a non-empty str (an int or a UUID is stringified).
+                None (or ""): the current context's (``identify_context``), else the event
+                is personless, as in posthog-python: a random id and
+                ``$process_person_profile: false``.
             properties: a mapping with str keys; copied now, so later changes do not reach it.
+                The current context's tags go under them; ``$set``/``$set_once`` in them
+                update the person, as PostHog reads them.
             timestamp: when it happened (a datetime, naive meaning UTC, or an ISO-8601 str);
                 default now.
             uuid: the event's id (a UUID or its str); default a new random version-4 UUID.
+            groups: group type to group key (``{"company": "acme"}``), sent as ``$groups``.
+            disable_geoip: this event's ``$geoip_disable``; None: the instance's option.
 
         Raises:
             RefusedError: only with ``strict=True``; a ``TypeError`` or ``ValueError`` for a bad
@@ -210,24 +268,44 @@ class AnalyticsQueue:
             if refusal is not None:
                 return self._refuse(refusal)
         try:
-            if type(event) is not str or not event:
+            # The fast path: a short ASCII str needs no further check (isascii() is O(1)).
+            if (
+                type(event) is not str
+                or not 0 < len(event) <= MAX_EVENT_NAME_LENGTH
+                or not event.isascii()
+            ):
                 event = check_event_name(event)
-            if type(distinct_id) is not str or not distinct_id:
-                distinct_id = check_distinct_id(event, distinct_id)
             props, size = capture_sized(event, properties)
+            scope = current_scope()
+            if (
+                scope is not None
+                or groups
+                or type(distinct_id) is not str
+                or not 0 < len(distinct_id) <= MAX_DISTINCT_ID_LENGTH
+                or not distinct_id.isascii()
+            ):
+                distinct_id, props = resolve_track(
+                    event, distinct_id, props, scope, groups, self._random_bits
+                )
             when = None if timestamp is None else check_timestamp(event, timestamp)
             event_id = self._random_bits(128) if uuid is None else check_uuid(event, uuid)
+            options = None if disable_geoip is None else track_options(disable_geoip)
         except RefusedError as refusal:
             return self._refuse(refusal)
         except Exception as exc:  # a Mapping whose items() raises, a hostile __eq__, ...
-            name = event if type(event) is str else type(event).__name__
+            name = shown(event) if type(event) is str else type(event).__name__
             return self._refuse(
-                UnserializableError(f"event {name!r}: {type(exc).__name__} while checking it")
+                UnserializableError(f"event {name}: {type(exc).__name__} while checking it")
             )
         # tuple.__new__: the same QueuedEvent without the NamedTuple constructor's Python frame.
-        item: QueuedEvent = _new_tuple(
-            QueuedEvent, (event, distinct_id, props, when, event_id, time.time(), size)
+        return self._admit(
+            _new_tuple(
+                QueuedEvent, (event, distinct_id, props, when, event_id, time.time(), options, size)
+            )
         )
+
+    def _admit(self, item: QueuedEvent) -> bool:
+        """Put a built event on the buffer, or refuse it (counted)."""
         # Inside the queue's mutex: a re-entrant track() on this thread refuses instead of
         # waiting for it, and a signal that ends the process waits until it is released.
         inside.active = True
@@ -235,7 +313,7 @@ class AnalyticsQueue:
             self._buffer.put_nowait(item)
         except queue.Full:
             refused: RefusedError | None = QueueFullError(
-                f"event {event!r}: the queue holds {self._config.max_queue_size} events"
+                f"event {shown(item.event)}: the queue holds {self._config.max_queue_size} events"
             )
         except BufferClosed:
             refused = ShutdownError("the analytics queue was shut down")
@@ -246,6 +324,165 @@ class AnalyticsQueue:
         if deferred:
             run_deferred()
         return True if refused is None else self._refuse(refused)
+
+    # -- persons and groups: posthog-python's calls, queued like track() -----------------------
+
+    def set(
+        self,
+        *,
+        distinct_id: Any = None,
+        properties: Mapping[str, Any] | None = None,
+        timestamp: Any = None,
+        uuid: Any = None,
+        disable_geoip: bool | None = None,
+    ) -> bool:
+        """Set properties on a person: a ``$set`` event. Returns True when queued.
+
+        ``distinct_id`` defaults to the context's; without one, or without properties, the
+        call is refused (reason ``invalid``), as posthog-python sends nothing then.
+        """
+        return self._queue_built(
+            "$set",
+            self._build_person,
+            "$set",
+            distinct_id,
+            properties,
+            timestamp,
+            uuid,
+            disable_geoip,
+        )
+
+    def set_once(
+        self,
+        *,
+        distinct_id: Any = None,
+        properties: Mapping[str, Any] | None = None,
+        timestamp: Any = None,
+        uuid: Any = None,
+        disable_geoip: bool | None = None,
+    ) -> bool:
+        """Set person properties that are not set yet: a ``$set_once`` event (see :meth:`set`)."""
+        return self._queue_built(
+            "$set_once",
+            self._build_person,
+            "$set_once",
+            distinct_id,
+            properties,
+            timestamp,
+            uuid,
+            disable_geoip,
+        )
+
+    def alias(
+        self,
+        previous_id: Any,
+        distinct_id: Any = None,
+        timestamp: Any = None,
+        uuid: Any = None,
+        disable_geoip: bool | None = None,
+    ) -> bool:
+        """Merge ``previous_id`` into ``distinct_id`` (default: the context's): a
+        ``$create_alias`` event. Returns True when queued.
+        """
+        return self._queue_built(
+            "$create_alias",
+            self._build_alias,
+            previous_id,
+            distinct_id,
+            timestamp,
+            uuid,
+            disable_geoip,
+        )
+
+    def group_identify(
+        self,
+        group_type: str,
+        group_key: Any,
+        properties: Mapping[str, Any] | None = None,
+        timestamp: Any = None,
+        uuid: Any = None,
+        disable_geoip: bool | None = None,
+        distinct_id: Any = None,
+    ) -> bool:
+        """Set properties on a group: a ``$groupidentify`` event. Returns True when queued.
+
+        ``distinct_id`` defaults to the context's, else a random one (as in posthog-python).
+        """
+        return self._queue_built(
+            "$groupidentify",
+            self._build_group,
+            group_type,
+            group_key,
+            properties,
+            timestamp,
+            uuid,
+            disable_geoip,
+            distinct_id,
+        )
+
+    def _build_person(
+        self,
+        kind: str,
+        distinct_id: Any,
+        properties: Any,
+        timestamp: Any,
+        uuid: Any,
+        disable_geoip: Any,
+    ) -> QueuedEvent:
+        chosen, top_level = person_event(kind, distinct_id, properties)
+        options = person_options(disable_geoip, top_level)
+        return self._built(kind, chosen, {}, timestamp, uuid, options)
+
+    def _build_alias(
+        self, previous_id: Any, distinct_id: Any, timestamp: Any, uuid: Any, disable_geoip: Any
+    ) -> QueuedEvent:
+        sent_as, props = alias_event(previous_id, distinct_id)
+        options = person_options(disable_geoip)
+        return self._built("$create_alias", sent_as, props, timestamp, uuid, options)
+
+    def _build_group(
+        self,
+        group_type: Any,
+        group_key: Any,
+        properties: Any,
+        timestamp: Any,
+        uuid: Any,
+        disable_geoip: Any,
+        distinct_id: Any,
+    ) -> QueuedEvent:
+        chosen, props = group_event(
+            group_type, group_key, properties, distinct_id, self._random_bits
+        )
+        options = person_options(disable_geoip)
+        return self._built("$groupidentify", chosen, props, timestamp, uuid, options)
+
+    def _built(
+        self,
+        event: str,
+        distinct_id: str,
+        props: dict[str, Any],
+        timestamp: Any,
+        uuid: Any,
+        options: EventOptions,
+    ) -> QueuedEvent:
+        when, event_id = common(event, timestamp, uuid, self._random_bits)
+        return QueuedEvent(event, distinct_id, props, when, event_id, time.time(), options)
+
+    def _queue_built(self, name: str, build: Callable[..., QueuedEvent], *args: Any) -> bool:
+        """The admission of a built event: the same refusals and counters as track()."""
+        if not self._ready or inside.active or self._pid != os.getpid():
+            refusal = self._prepare()
+            if refusal is not None:
+                return self._refuse(refusal)
+        try:
+            item = build(*args)
+        except RefusedError as refusal:
+            return self._refuse(refusal)
+        except Exception as exc:
+            return self._refuse(
+                UnserializableError(f"event {shown(name)}: {type(exc).__name__} while checking it")
+            )
+        return self._admit(item)
 
     def _prepare(self) -> RefusedError | None:
         """The slow path of track(): fork, first call, shutdown, disabled, re-entry."""

@@ -11,6 +11,7 @@ Safe to share between threads: a Config never changes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -20,7 +21,9 @@ from typing import Any, Final
 
 from posthog.request import determine_server_host
 
+from analytics_queue._redact import redact
 from analytics_queue.errors import ConfigurationError
+from analytics_queue.event import shown_value
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ class OptionSpec:
         default: the value when the option is given nowhere.
         check: validates an explicit value and returns it normalised; raises ``ValueError``.
         parse: turns an environment string into a value for ``check``.
-        env: the environment variables read, first found wins.
+        env: the environment variables read, first found wins (none for a callable).
         flask_key: the ``app.config`` key.
         django_setting: where Django settings give it: a setting name, or a key of the
             ``ANALYTICS_QUEUE`` dict (``ANALYTICS_QUEUE["batch_size"]``).
@@ -66,6 +69,7 @@ class _Meta:
     doc: str
     none_means: str | None
     posthog_name: bool
+    code_only: bool
 
 
 def _option(
@@ -76,9 +80,10 @@ def _option(
     *,
     none_means: str | None = None,
     posthog_name: bool = False,
+    code_only: bool = False,
     repr: bool = True,
 ) -> Any:
-    meta = _Meta(check, parse, doc, none_means, posthog_name)
+    meta = _Meta(check, parse, doc, none_means, posthog_name, code_only)
     return dataclasses.field(default=default, repr=repr, metadata={"option": meta})
 
 
@@ -114,7 +119,7 @@ def _check_host(value: object) -> str:
 
 def _positive_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"must be an int >= 1, got {value!r}")
+        raise ValueError(f"must be an int >= 1, got {shown_value(value)}")
     return int(value)
 
 
@@ -122,7 +127,7 @@ def _optional_non_negative_int(value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"must be an int >= 0 or None, got {value!r}")
+        raise ValueError(f"must be an int >= 0 or None, got {shown_value(value)}")
     return int(value)
 
 
@@ -133,7 +138,7 @@ def _seconds(value: object, *, allow_zero: bool) -> float:
         value_ok = value >= 0 if allow_zero else value > 0
     if not value_ok:
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"must be a number of seconds {bound}, got {value!r}")
+        raise ValueError(f"must be a number of seconds {bound}, got {shown_value(value)}")
     return float(value)  # type: ignore[arg-type]
 
 
@@ -147,7 +152,7 @@ def _non_negative_seconds(value: object) -> float:
 
 def _bool(value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"must be True or False, got {value!r}")
+        raise ValueError(f"must be True or False, got {shown_value(value)}")
     return value
 
 
@@ -155,8 +160,30 @@ def _optional_str(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ValueError(f"must be a str or None, got {value!r}")
+        raise ValueError(f"must be a str or None, got {shown_value(value)}")
     return value or None
+
+
+def _super_properties(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a dict of properties, got {type(value).__name__}")
+    from analytics_queue.errors import RefusedError
+    from analytics_queue.event import capture_properties
+
+    try:
+        return capture_properties("super_properties", value) or None
+    except RefusedError as exc:
+        raise ValueError(str(exc).removeprefix("event 'super_properties': ")) from None
+
+
+def _callable(value: object) -> Callable[[dict[str, Any]], Any] | None:
+    if value is None:
+        return None
+    if not callable(value):
+        raise ValueError(f"must be a callable or None, got {type(value).__name__}")
+    return value
 
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -192,6 +219,18 @@ def _bool_text(text: str) -> object:
 
 def _limit_text(text: str) -> object:
     return None if text.strip().lower() in ("", "none", "all") else _int_text(text)
+
+
+def _json_text(text: str) -> object:
+    stripped = text.strip()
+    try:
+        return json.loads(stripped) if stripped else None
+    except ValueError:
+        return text
+
+
+def _no_text(text: str) -> object:
+    raise ValueError("is set by code only")  # pragma: no cover - never read from a string
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +280,29 @@ class Config:
         False, _bool, _bool_text, "refusals raise from track() instead of returning False"
     )
     disabled: bool = _option(False, _bool, _bool_text, "track() is a no-op that returns False")
+    disable_geoip: bool = _option(
+        True, _bool, _bool_text, "send $geoip_disable: PostHog does not geolocate server IPs"
+    )
+    super_properties: dict[str, Any] | None = _option(
+        None, _super_properties, _json_text, "properties added to every event (a JSON object)"
+    )
+    historical_migration: bool = _option(
+        False, _bool, _bool_text, "mark batches as a historical import (posthog-python's flag)"
+    )
+    before_send: Callable[[dict[str, Any]], Any] | None = _option(
+        None,
+        _callable,
+        _no_text,
+        "called on the worker with each event as a dict; returns it, changed, or None to drop",
+        code_only=True,
+        repr=False,
+    )
+    request_context: bool = _option(
+        True, _bool, _bool_text, "Flask and Django: a context per request ($current_url, ...)"
+    )
+    request_context_ip: bool = _option(
+        False, _bool, _bool_text, "add the client's $ip to the request context (personal data)"
+    )
 
     @property
     def local(self) -> bool:
@@ -256,7 +318,7 @@ def _spec(field: dataclasses.Field[Any]) -> OptionSpec:
         env = ("POSTHOG_" + upper, ENV_PREFIX + upper)
         flask_key = django_setting = "POSTHOG_" + upper
     else:
-        env = (ENV_PREFIX + upper,)
+        env = () if meta.code_only else (ENV_PREFIX + upper,)
         flask_key = ENV_PREFIX + upper
         django_setting = f'ANALYTICS_QUEUE["{field.name}"]'
     return OptionSpec(
@@ -319,7 +381,9 @@ def build_config(*, env: Mapping[str, str] | None = None, **options: Any) -> Con
             try:
                 values[spec.name] = spec.check(explicit)
             except ValueError as exc:
-                raise ConfigurationError(f"{spec.name}: {exc}") from None
+                # A key pasted into another option must not reach a traceback or a log.
+                message = redact(f"{spec.name}: {exc}", values.get("api_key"))
+                raise ConfigurationError(message) from None
             continue
         for env_name in spec.env:
             text = environ.get(env_name)
@@ -328,7 +392,11 @@ def build_config(*, env: Mapping[str, str] | None = None, **options: Any) -> Con
             try:
                 values[spec.name] = spec.check(spec.parse(text))
             except ValueError as exc:
-                logger.warning("ignoring %s: %s; using the default", env_name, exc)
+                logger.warning(
+                    "ignoring %s: %s; using the default",
+                    env_name,
+                    redact(str(exc), values.get("api_key")),
+                )
             break
     return Config(**values)
 
@@ -348,5 +416,12 @@ def validate_options(options: Mapping[str, Any]) -> list[Problem]:
         try:
             spec.check(value)
         except ValueError as exc:
-            problems.append(Problem(name, str(exc)))
+            # api_key's own messages never echo it; other options' messages echo their value.
+            key = None if name == "api_key" else _key_of(options)
+            problems.append(Problem(name, redact(str(exc), key)))
     return problems
+
+
+def _key_of(options: Mapping[str, Any]) -> str | None:
+    key = options.get("api_key")
+    return key.strip() if isinstance(key, str) else None

@@ -21,26 +21,43 @@ Install with the ``flask`` extra (``pip install 'analytics-queue[flask]'``)::
 
 The blueprint answers ``GET /analytics/health`` (JSON; 200 when healthy or degraded, 503 when
 critical) and ``GET /analytics/metrics`` (JSON, or the Prometheus text format with
-``?format=prometheus`` or ``Accept: text/plain``).
+``?format=prometheus`` or ``Accept: text/plain``). They answer anyone unless
+``ANALYTICS_QUEUE_ENDPOINT_GUARD`` names a check (docs/network.md)::
+
+    app.config["ANALYTICS_QUEUE_ENDPOINT_GUARD"] = lambda request: (
+        request.headers.get("X-Monitoring-Token") == os.environ["MONITORING_TOKEN"]
+    )
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid as uuid_module
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 try:
-    from flask import Blueprint, Flask, Response, current_app, has_app_context, jsonify, request
+    from flask import (
+        Blueprint,
+        Flask,
+        Response,
+        current_app,
+        g,
+        has_app_context,
+        jsonify,
+        request,
+    )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "analytics_queue.flask needs Flask: pip install 'analytics-queue[flask]'"
     ) from exc
 
+from werkzeug.utils import import_string
+
 from analytics_queue import AnalyticsQueue
 from analytics_queue.config import OPTIONS, OPTIONS_BY_NAME, validate_options
 from analytics_queue.prometheus import CONTENT_TYPE, choose_format, render_text
+from analytics_queue.request_context import RequestInfo, close_scope, open_scope
 
 __all__ = ["DEFAULT_URL_PREFIX", "EXTENSION_KEY", "FlaskAnalytics", "config_key"]
 
@@ -79,8 +96,20 @@ class FlaskAnalytics:
     - ``ANALYTICS_QUEUE_ENVIRONMENT``: None.
     - ``ANALYTICS_QUEUE_STRICT``: False.
     - ``ANALYTICS_QUEUE_DISABLED``: False.
+    - ``ANALYTICS_QUEUE_DISABLE_GEOIP``: True; ``ANALYTICS_QUEUE_SUPER_PROPERTIES``: None;
+      ``ANALYTICS_QUEUE_HISTORICAL_MIGRATION``: False; ``ANALYTICS_QUEUE_BEFORE_SEND``: None.
+    - ``ANALYTICS_QUEUE_REQUEST_CONTEXT``: True: each request runs in a fresh context (see
+      :mod:`analytics_queue.context`) tagged with ``$current_url``, ``$request_method``,
+      ``$request_path`` and ``$user_agent``, with ``$session_id`` from the
+      ``X-POSTHOG-SESSION-ID`` header and the distinct id from ``X-POSTHOG-DISTINCT-ID``, so
+      ``analytics.track("clicked")`` needs no distinct id there.
+    - ``ANALYTICS_QUEUE_REQUEST_CONTEXT_IP``: False; True adds ``request.remote_addr`` as
+      ``$ip`` (personal data: opt in knowingly).
     - ``ANALYTICS_QUEUE_URL_PREFIX``: ``"/analytics"``, the prefix of the health and metrics
       routes; ``None`` registers no blueprint.
+    - ``ANALYTICS_QUEUE_ENDPOINT_GUARD``: None (the routes answer anyone), or a callable (or its
+      dotted import path) that takes the request and returns a true value to let it see health
+      and metrics; a false value answers 403.
 
     A bad value raises ``ValueError`` from ``init_app`` naming the key. As ``None`` means "not
     set", ``requeue_limit=None`` (requeue every event) is set in the environment instead:
@@ -119,6 +148,7 @@ class FlaskAnalytics:
             if value is not None:
                 options[spec.name] = value
         url_prefix = app.config.setdefault("ANALYTICS_QUEUE_URL_PREFIX", DEFAULT_URL_PREFIX)
+        guard_setting = app.config.setdefault("ANALYTICS_QUEUE_ENDPOINT_GUARD", None)
 
         problems = [
             f"{config_key(problem.option)}: {problem.message}"
@@ -128,13 +158,21 @@ class FlaskAnalytics:
             isinstance(url_prefix, str) and url_prefix.startswith("/")
         ):
             problems.append(f"ANALYTICS_QUEUE_URL_PREFIX: must start with '/', got {url_prefix!r}")
+        guard = None
+        try:
+            guard = _resolve_guard(guard_setting)
+        except ValueError as exc:
+            problems.append(f"ANALYTICS_QUEUE_ENDPOINT_GUARD: {exc}")
         if problems:
             raise ValueError("analytics_queue: bad Flask config: " + "; ".join(problems))
 
         queue = AnalyticsQueue(**options)
         app.extensions[EXTENSION_KEY] = queue
+        if queue.config.request_context:
+            app.before_request(_open_request_context)
+            app.teardown_request(_close_request_context)
         if url_prefix is not None:
-            app.register_blueprint(_blueprint(url_prefix.rstrip("/")))
+            app.register_blueprint(_blueprint(url_prefix.rstrip("/"), guard))
         return queue
 
     def get_queue(self, app: Flask | None = None) -> AnalyticsQueue:
@@ -168,10 +206,12 @@ class FlaskAnalytics:
         self,
         event: str,
         *,
-        distinct_id: str | int | uuid_module.UUID,
+        distinct_id: str | int | uuid_module.UUID | None = None,
         properties: Mapping[str, Any] | None = None,
         timestamp: dt.datetime | str | None = None,
         uuid: str | uuid_module.UUID | None = None,
+        groups: Mapping[str, Any] | None = None,
+        disable_geoip: bool | None = None,
     ) -> bool:
         """Queue an event on the current app's AnalyticsQueue; see ``AnalyticsQueue.track``.
 
@@ -182,12 +222,42 @@ class FlaskAnalytics:
             RuntimeError: no application context, or ``init_app`` was never called.
         """
         return self.get_queue().track(
-            event, distinct_id=distinct_id, properties=properties, timestamp=timestamp, uuid=uuid
+            event,
+            distinct_id=distinct_id,
+            properties=properties,
+            timestamp=timestamp,
+            uuid=uuid,
+            groups=groups,
+            disable_geoip=disable_geoip,
         )
 
     def flush(self, timeout: float | None = None) -> bool:
         """Flush the current app's AnalyticsQueue; see ``AnalyticsQueue.flush``."""
         return self.get_queue().flush(timeout)
+
+
+_SCOPE_KEY: Final = "_analytics_queue_scope"
+
+
+def _open_request_context() -> None:
+    queue = current_app.extensions.get(EXTENSION_KEY)
+    if not isinstance(queue, AnalyticsQueue):
+        return
+    info = RequestInfo(
+        url=request.base_url,  # without the query string
+        method=request.method,
+        path=request.path,
+        user_agent=request.headers.get("User-Agent"),
+        ip=request.remote_addr,
+        header=request.headers.get,
+    )
+    setattr(g, _SCOPE_KEY, open_scope(info, with_ip=queue.config.request_context_ip))
+
+
+def _close_request_context(exc: BaseException | None) -> None:
+    token = g.pop(_SCOPE_KEY, None)
+    if token is not None:
+        close_scope(token)
 
 
 def _current_queue() -> AnalyticsQueue:
@@ -221,8 +291,39 @@ def _metrics() -> Response:
     return response
 
 
-def _blueprint(url_prefix: str) -> Blueprint:
+Guard = Callable[[Any], bool]
+
+
+def _resolve_guard(setting: object) -> Guard | None:
+    """The endpoint guard from its config value: None, a callable, or a dotted import path."""
+    if setting is None:
+        return None
+    if isinstance(setting, str):
+        try:
+            setting = import_string(setting)
+        except ImportError:
+            raise ValueError(f"cannot import {setting!r}") from None
+    if not callable(setting):
+        raise ValueError(f"must be a callable or its dotted path, got {type(setting).__name__}")
+    guard: Guard = setting
+    return guard
+
+
+def _forbidden() -> Response:
+    response = jsonify({"error": "forbidden"})
+    response.status_code = 403
+    response.headers.update(_NO_CACHE)
+    return response
+
+
+def _blueprint(url_prefix: str, guard: Guard | None = None) -> Blueprint:
     blueprint = Blueprint("analytics_queue", __name__, url_prefix=url_prefix or None)
+    if guard is not None:
+
+        @blueprint.before_request
+        def _check_guard() -> Response | None:
+            return None if guard(request) else _forbidden()
+
     blueprint.add_url_rule("/health", "health", _health, methods=["GET"])
     blueprint.add_url_rule("/metrics", "metrics", _metrics, methods=["GET"])
     return blueprint

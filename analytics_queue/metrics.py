@@ -31,13 +31,20 @@ class ErrorRecord:
     at: float
 
 
+#: Failure reasons that are the app's own choice (``before_send`` returned None): counted, but
+#: left out of ``delivery_rate`` and ``failure_rate``.
+DELIBERATE_REASONS: Final = frozenset({"before_send"})
+
+
 @dataclass(frozen=True, slots=True)
 class Metrics:
     """A consistent snapshot of one AnalyticsQueue's delivery figures.
 
     At rest ``queued == delivered + failed + queue_size``: every accepted event is delivered,
     failed (with a reason) or still waiting. ``delivery_rate`` and ``failure_rate`` are percents
-    of the events that reached a final state (100 and 0 before any did).
+    of the events that reached a final state (100 and 0 before any did), leaving out the events
+    the app dropped on purpose (reasons in :data:`DELIBERATE_REASONS`, such as sampling in
+    ``before_send``), so that a sampling hook does not read as a failing pipeline.
     """
 
     queued: int
@@ -166,7 +173,8 @@ class Counters:
         with self.lock:
             refused = self.refused + Counter(extra_refusals or {})
             failed = sum(self.failed.values())
-            final = self.delivered + failed
+            deliberate = sum(self.failed.get(reason, 0) for reason in DELIBERATE_REASONS)
+            final = self.delivered + failed - deliberate
             last = self.errors[-1] if self.errors else None
             return Metrics(
                 queued=queued,
@@ -185,7 +193,7 @@ class Counters:
                 ),
                 avg_send_ms=self.send_seconds * 1000 / self.sends if self.sends else 0.0,
                 delivery_rate=100.0 * self.delivered / final if final else 100.0,
-                failure_rate=100.0 * failed / final if final else 0.0,
+                failure_rate=100.0 * (failed - deliberate) / final if final else 0.0,
                 last_error=asdict(last) if last else None,
                 last_success_at=self.last_success_at,
                 consecutive_failures=self.consecutive_failures,

@@ -9,6 +9,7 @@ from typing import Any
 CASE_LABELS = {
     "floor": "Queue.put_nowait (floor)",
     "ours": "AnalyticsQueue.track()",
+    "ours_context": "track() in a context with 5 tags",
     "posthog": "posthog Posthog.capture()",
     "blocking_0ms": "blocking send, server 0 ms",
     "blocking_300ms": "blocking send, server 300 ms",
@@ -82,6 +83,19 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ("track",),
             ),
         ]
+    if cc and "ours" in cc and "ours_context" in cc:
+        ratio = cc["ours_context"]["median_us"] / cc["ours"]["median_us"]
+        goals.append(
+            _goal(
+                "track_context",
+                "caller cost",
+                "track() in a context with 5 tags ≤ 2× track() without (median)",
+                ratio,
+                ratio <= 2,
+                f"{ratio:.2f}×",
+                ("track",),
+            )
+        )
     tp = results.get("throughput", {}).get("summary")
     if tp and "speed_ratio_stdlib" in tp:
         n = results["throughput"]["n"]
@@ -580,6 +594,7 @@ def plot_all(results: dict[str, Any], out_dir: Path, prefix: str = "latest") -> 
     colors = {
         "floor": "#636363",
         "ours": "#1b7837",
+        "ours_context": "#5aae61",
         "posthog": "#f1a340",
         "blocking_0ms": "#b2182b",
         "blocking_300ms": "#67001f",

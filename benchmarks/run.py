@@ -41,6 +41,7 @@ ALWAYS_PROFILED = ("track", "throughput", "throughput_wall")
 CALLER_CASES = {
     "test_floor_put_nowait": "floor",
     "test_ours_track": "ours",
+    "test_ours_track_in_context": "ours_context",
     "test_posthog_capture": "posthog",
     "test_blocking[0ms]": "blocking_0ms",
     "test_blocking[300ms]": "blocking_300ms",
@@ -115,6 +116,10 @@ def run_caller_cost(quick: bool) -> dict[str, Any]:
         }
         if "floor" in summary:
             ratios["ours_over_floor_median"] = ours["median_us"] / summary["floor"]["median_us"]
+        if "ours_context" in summary:
+            ratios["context_over_ours_median"] = (
+                summary["ours_context"]["median_us"] / ours["median_us"]
+            )
         for case in ("blocking_0ms", "blocking_300ms"):
             if case in summary:
                 ratios[f"{case}_over_ours_median"] = summary[case]["median_us"] / ours["median_us"]

@@ -2,6 +2,8 @@
 
 - `floor`: a bare `queue.Queue.put_nowait` of a tuple, nothing else;
 - `ours`: `AnalyticsQueue.track()`, its worker sending to the capture server meanwhile;
+- `ours_context`: the same call inside `analytics_queue.new_context()` with 5 tags, as a request
+  of the Flask or Django integration makes it;
 - `posthog`: posthog-python's `Posthog.capture()` with its consumer thread running;
 - `blocking_0ms` / `blocking_300ms`: the blocking pattern, one synchronous send per event
   (`Posthog(sync_mode=True)`), against the capture server answering at once / after 300 ms.
@@ -81,6 +83,36 @@ def test_ours_track(benchmark: Any, sizes: Sizes, ours: Any, capture_server: Ser
     metrics = ours.metrics().to_dict()
     benchmark.extra_info["refused"] = metrics["refused"]
     benchmark.extra_info["batches_sent_meanwhile"] = metrics["batches_sent"]
+    got = capture_server.wait_for(metrics["queued"], timeout=30)
+    assert metrics["refused"] == 0
+    assert got.events == metrics["queued"]
+
+
+#: The tags of the `ours_context` case: what the request context of an integration sets.
+CONTEXT_TAGS = {
+    "$current_url": "https://stories.example/api/stories",
+    "$request_method": "POST",
+    "$request_path": "/api/stories",
+    "$user_agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
+    "$raw_user_agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
+}
+
+
+def test_ours_track_in_context(
+    benchmark: Any, sizes: Sizes, ours: Any, capture_server: ServerProcess
+) -> None:
+    import analytics_queue
+
+    capture_server.reset()
+    send = track_fn(ours, "ours")
+    with analytics_queue.new_context():
+        for key, value in CONTEXT_TAGS.items():
+            analytics_queue.tag(key, value)
+        benchmark.pedantic(
+            send, rounds=sizes.rounds_fast, warmup_rounds=sizes.warmup_fast, iterations=1
+        )
+    assert ours.flush(timeout=60)
+    metrics = ours.metrics().to_dict()
     got = capture_server.wait_for(metrics["queued"], timeout=30)
     assert metrics["refused"] == 0
     assert got.events == metrics["queued"]

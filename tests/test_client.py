@@ -226,7 +226,7 @@ def test_a_bad_event_is_refused_and_takes_no_good_event_with_it(
         queue.track("good", distinct_id="u", properties={"n": 3}),
         queue.track("big", distinct_id="u", properties={"s": "x" * (2 * 1024 * 1024)}),
         queue.track("", distinct_id="u"),
-        queue.track("good", distinct_id=None),
+        queue.track("good", distinct_id=["not", "an", "id"]),
         queue.track("good", distinct_id="u", properties={"n": 4}),
     ]
     assert results == [True, False, True, False, True, False, False, False, True]
@@ -246,7 +246,7 @@ def test_strict_mode_raises_naming_the_event_and_the_path(make_queue: MakeQueue)
     with pytest.raises(OversizeError):
         queue.track("clicked", distinct_id="u", properties={"s": "x" * (2 * 1024 * 1024)})
     with pytest.raises(InvalidEventError):
-        queue.track("clicked", distinct_id="")
+        queue.track("clicked", distinct_id=3.5)
     assert isinstance(UnserializableError("x"), TypeError)
     assert queue.metrics().refused_by_reason == {"invalid": 3, "oversize": 1}
 
@@ -380,7 +380,7 @@ def test_without_a_worker_flush_sends_on_the_calling_thread(
     assert queue.health().status == "healthy"
 
 
-def test_local_mode_logs_each_event_as_a_json_line(
+def test_local_mode_logs_a_summary_at_info_and_each_payload_at_debug(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.delenv("POSTHOG_API_KEY", raising=False)
@@ -388,15 +388,27 @@ def test_local_mode_logs_each_event_as_a_json_line(
     queue = AnalyticsQueue()
     try:
         with caplog.at_level(logging.INFO, logger="analytics_queue.local"):
-            assert queue.track("signup", distinct_id="u", properties={"plan": "pro"})
+            assert queue.track("signup", distinct_id="u-42", properties={"email": "a@b.example"})
             assert queue.flush(timeout=10)
-        lines = [r.getMessage() for r in caplog.records if r.name == "analytics_queue.local"]
-        (line,) = lines
-        assert json.loads(line)["properties"]["plan"] == "pro"
+        info = [r.getMessage() for r in caplog.records if r.name == "analytics_queue.local"]
+        (line,) = info
+        assert "1 event(s): signup" in line
+        assert "u-42" not in line and "a@b.example" not in line  # no payload above DEBUG
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="analytics_queue.local"):
+            assert queue.track("signup", distinct_id="u-42", properties={"plan": "pro"})
+            assert queue.flush(timeout=10)
+        debug = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "analytics_queue.local" and r.levelno == logging.DEBUG
+        ]
+        (payload,) = debug
+        assert json.loads(payload)["properties"]["plan"] == "pro"
         health = queue.health()
         assert health.mode == "local"
         assert "no API key: events are logged, not sent" in health.reasons
-        assert queue.metrics().delivered == 1
+        assert queue.metrics().delivered == 2
     finally:
         queue.shutdown(timeout=2)
 

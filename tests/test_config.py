@@ -27,6 +27,9 @@ def test_defaults_without_environment() -> None:
     assert (config.batch_size, config.flush_interval, config.max_queue_size) == (10, 5.0, 10_000)
     assert (config.requeue_limit, config.shutdown_timeout, config.timeout) == (5, 5.0, 10.0)
     assert config.gzip and not config.strict and not config.disabled
+    assert config.disable_geoip and not config.historical_migration  # posthog-python's defaults
+    assert config.super_properties is None and config.before_send is None
+    assert config.request_context and not config.request_context_ip
     assert config.api_key is None and config.local
     assert config.host == DEFAULT_HOST
 
@@ -46,6 +49,11 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
         "ANALYTICS_QUEUE_ENVIRONMENT": "staging",
         "ANALYTICS_QUEUE_STRICT": "yes",
         "ANALYTICS_QUEUE_DISABLED": "1",
+        "ANALYTICS_QUEUE_DISABLE_GEOIP": "false",
+        "ANALYTICS_QUEUE_SUPER_PROPERTIES": '{"service": "stories", "region": 3}',
+        "ANALYTICS_QUEUE_HISTORICAL_MIGRATION": "true",
+        "ANALYTICS_QUEUE_REQUEST_CONTEXT": "off",
+        "ANALYTICS_QUEUE_REQUEST_CONTEXT_IP": "on",
     }
     config = build_config(env=env)
     assert config.api_key == "phc_env"
@@ -55,9 +63,14 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
     assert config.shutdown_timeout == 1.5 and config.timeout == 3.0
     assert config.gzip is False and config.strict is True and config.disabled is True
     assert (config.app_version, config.environment) == ("2.0.0", "staging")
-    assert set(OPTION_NAMES) == {
+    assert config.disable_geoip is False and config.historical_migration is True
+    assert config.super_properties == {"service": "stories", "region": 3}
+    assert config.request_context is False and config.request_context_ip is True
+    read_from_env = {spec.name for spec in OPTIONS if spec.env} - {"api_key", "host"}
+    assert read_from_env == {
         n.removeprefix("ANALYTICS_QUEUE_").lower() for n in env if n.startswith("ANALYTICS")
     }
+    assert set(OPTION_NAMES) == read_from_env | {"before_send"}
 
 
 def test_explicit_options_win_over_the_environment() -> None:
@@ -84,6 +97,12 @@ def test_explicit_options_win_over_the_environment() -> None:
         ("strict", 1),
         ("host", "us.i.posthog.com"),
         ("api_key", 42),
+        ("disable_geoip", "no"),
+        ("super_properties", ["not", "a", "dict"]),
+        ("super_properties", {"bad": float("nan")}),
+        ("historical_migration", 1),
+        ("before_send", "not callable"),
+        ("request_context", 0),
     ],
 )
 def test_a_bad_explicit_value_raises_value_error(name: str, value: object) -> None:
@@ -137,10 +156,22 @@ def test_every_option_is_declared_once_with_its_keys() -> None:
     for spec in OPTIONS:
         assert getattr(Config(), spec.name) == spec.default
         assert spec.check(spec.default) == spec.default or spec.default is None
-        assert spec.flask_key in spec.env
+        assert spec.flask_key in spec.env or spec.env == ()  # a callable: code only
     batch = OPTIONS_BY_NAME["batch_size"]
     assert batch.env == ("ANALYTICS_QUEUE_BATCH_SIZE",)
     assert batch.django_setting == 'ANALYTICS_QUEUE["batch_size"]'
     assert OPTIONS_BY_NAME["api_key"].env == ("POSTHOG_API_KEY", "ANALYTICS_QUEUE_API_KEY")
     assert OPTIONS_BY_NAME["requeue_limit"].none_means is not None
     assert build_config(env={"ANALYTICS_QUEUE_REQUEUE_LIMIT": "all"}).requeue_limit is None
+
+
+def test_a_bad_super_properties_environment_value_is_logged_and_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = build_config(env={"ANALYTICS_QUEUE_SUPER_PROPERTIES": "{not json"})
+    assert config.super_properties is None
+    assert "ANALYTICS_QUEUE_SUPER_PROPERTIES" in caplog.text
+
+
+def test_before_send_is_never_read_from_the_environment() -> None:
+    assert build_config(env={"ANALYTICS_QUEUE_BEFORE_SEND": "os.system"}).before_send is None

@@ -40,7 +40,8 @@ def test_requests_written_then_answered_one_after_another(capture_server: Captur
     for _ in range(3):
         exchange = _http.start(manager, url, body, headers, timeout=10)
         assert exchange is not None
-        assert exchange.finish(timeout=10).status == 200
+        response, _ = exchange.finish(timeout=10, limit=1024)
+        assert response.status == 200
     assert len(capture_server.events("e")) == 3
     manager.clear()
 

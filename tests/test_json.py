@@ -68,7 +68,11 @@ values = st.recursive(
 def test_both_backends_give_the_same_outcome_for_any_captured_event(
     event: str, distinct_id: str, properties: dict[str, Any]
 ) -> None:
-    item = QueuedEvent(event, distinct_id, capture_properties(event, properties), None, 7, 1.5)
+    try:
+        properties = capture_properties(event, properties)
+    except RefusedError:  # a lone surrogate: track() refuses it; the encoder must as well
+        pass
+    item = QueuedEvent(event, distinct_id, properties, None, 7, 1.5)
     assert _json.ORJSON is not None
     assert outcome(_json.ORJSON, item) == outcome(_json.STDLIB, item)
 
@@ -95,7 +99,8 @@ def test_where_orjson_differs_the_outcome_is_the_standard_librarys(
 ) -> None:
     assert _json.ORJSON is not None
     for name, distinct_id in (("e", "u"), ("e\ud800", "u"), ("e", "\udc00")):
-        item = QueuedEvent(name, distinct_id, capture_properties(name, properties), None, 7, 1.5)
+        # As they are, not captured: capture refuses lone surrogates before the encoder sees them.
+        item = QueuedEvent(name, distinct_id, properties, None, 7, 1.5)
         assert outcome(_json.ORJSON, item) == outcome(_json.STDLIB, item)
 
 

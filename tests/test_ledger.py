@@ -12,7 +12,7 @@ from analytics_queue.event import QueuedEvent
 
 
 def event(index: int, size: int = 0) -> QueuedEvent:
-    return QueuedEvent(f"e{index}", "u", {}, None, index, float(index), size)
+    return QueuedEvent(f"e{index}", "u", {}, None, index, float(index), size=size)
 
 
 def pending(seq: int) -> Pending:

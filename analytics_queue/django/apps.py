@@ -21,14 +21,27 @@ from analytics_queue.config import validate_options
 logger = logging.getLogger(__name__)
 
 #: The settings this app reads; a change to any of them (``override_settings``) reconfigures.
-SETTING_NAMES: Final = ("POSTHOG_API_KEY", "POSTHOG_HOST", "ANALYTICS_QUEUE")
+SETTING_NAMES: Final = (
+    "POSTHOG_API_KEY",
+    "POSTHOG_HOST",
+    "ANALYTICS_QUEUE",
+    "ANALYTICS_QUEUE_REQUEST_CONTEXT",
+    "ANALYTICS_QUEUE_REQUEST_CONTEXT_IP",
+)
+#: Top-level settings that give one option each (they win over the ``ANALYTICS_QUEUE`` dict).
+OPTION_SETTINGS: Final = {
+    "request_context": "ANALYTICS_QUEUE_REQUEST_CONTEXT",
+    "request_context_ip": "ANALYTICS_QUEUE_REQUEST_CONTEXT_IP",
+}
 
 
 def options_from_settings() -> dict[str, Any]:
     """The AnalyticsQueue options that settings give, without the invalid ones (logged instead).
 
     ``POSTHOG_API_KEY`` and ``POSTHOG_HOST`` (when set and not None) become ``api_key`` and
-    ``host``; the ``ANALYTICS_QUEUE`` dict gives the other options. A bad value is logged at
+    ``host``; the ``ANALYTICS_QUEUE`` dict gives the other options, and
+    ``ANALYTICS_QUEUE_REQUEST_CONTEXT`` / ``ANALYTICS_QUEUE_REQUEST_CONTEXT_IP`` (when set) give
+    ``request_context`` / ``request_context_ip``. A bad value is logged at
     ERROR and left out, so the option falls back to its environment variable or default, like a
     bad environment value does; ``manage.py check`` reports it as ``analytics_queue.E001``.
     """
@@ -53,6 +66,10 @@ def options_from_settings() -> dict[str, Any]:
             "ignoring settings.ANALYTICS_QUEUE: must be a dict of options, got %s",
             type(raw).__name__,
         )
+    for option, setting in OPTION_SETTINGS.items():
+        value = getattr(settings, setting, None)
+        if value is not None:
+            given[option] = value
     options: dict[str, Any] = {}
     for name, value in given.items():
         problems = validate_options({name: value})
@@ -71,6 +88,21 @@ def configure_from_settings() -> analytics_queue.AnalyticsQueue:
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting in SETTING_NAMES:
         configure_from_settings()
+    elif setting == "MIDDLEWARE" and kwargs.get("enter"):
+        add_middleware()
+
+
+def add_middleware() -> None:
+    """Append the request-context middleware to ``MIDDLEWARE`` unless it is listed.
+
+    Last, so that it runs after ``AuthenticationMiddleware``; it does nothing when the
+    ``request_context`` option is off.
+    """
+    from analytics_queue.django.middleware import MIDDLEWARE_PATH
+
+    current = list(getattr(settings, "MIDDLEWARE", None) or [])
+    if MIDDLEWARE_PATH not in current:
+        settings.MIDDLEWARE = [*current, MIDDLEWARE_PATH]
 
 
 class AnalyticsQueueConfig(AppConfig):
@@ -81,9 +113,12 @@ class AnalyticsQueueConfig(AppConfig):
     verbose_name = "Analytics queue"
 
     def ready(self) -> None:
-        """Register the system checks and configure the default AnalyticsQueue from settings."""
+        """Register the system checks, configure the default AnalyticsQueue from settings and
+        add the request-context middleware (see :mod:`analytics_queue.django.middleware`).
+        """
         from analytics_queue.django.checks import check_settings
 
         checks.register(check_settings)
         setting_changed.connect(_on_setting_changed, dispatch_uid="analytics_queue.settings")
         configure_from_settings()
+        add_middleware()

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 from analytics_queue.config import OPTION_NAMES, Problem, validate_options
+from analytics_queue.django.views import GUARD_SETTING, resolve_guard
 
 
 def _hint(problem: Problem, name: str) -> str:
@@ -72,6 +73,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id="analytics_queue.E001",
                 )
             )
+    try:
+        resolve_guard(getattr(settings, GUARD_SETTING, None))
+    except ValueError as exc:
+        messages.append(
+            Error(
+                f"settings.{GUARD_SETTING}: {exc}",
+                hint="Name a callable that takes the request and returns True to allow it, "
+                'e.g. "analytics_queue.django.views.staff_only".',
+                id="analytics_queue.E001",
+            )
+        )
     key = getattr(settings, "POSTHOG_API_KEY", None)
     if key is None:
         key = os.environ.get("POSTHOG_API_KEY") or os.environ.get("ANALYTICS_QUEUE_API_KEY")

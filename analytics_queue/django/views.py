@@ -1,11 +1,22 @@
-"""The health and metrics views of the default AnalyticsQueue (``analytics_queue.django.urls``)."""
+"""The health and metrics views of the default AnalyticsQueue (``analytics_queue.django.urls``).
+
+They answer anyone unless ``settings.ANALYTICS_QUEUE_ENDPOINT_GUARD`` names a check: a callable,
+or its dotted path, that takes the request and returns a true value to let it through; a false
+value answers 403. :func:`staff_only` is one: ``"analytics_queue.django.views.staff_only"``.
+"""
 
 # Django ships no type information: its names are Any here.
 # mypy: disable-error-code="import-untyped,untyped-decorator"
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.module_loading import import_string
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
@@ -13,7 +24,51 @@ from django.views.decorators.vary import vary_on_headers
 import analytics_queue
 from analytics_queue.prometheus import CONTENT_TYPE, choose_format, render_text
 
+#: The setting that protects the views.
+GUARD_SETTING = "ANALYTICS_QUEUE_ENDPOINT_GUARD"
 
+View = Callable[[HttpRequest], HttpResponse]
+
+
+def staff_only(request: HttpRequest) -> bool:
+    """An endpoint guard: only logged-in staff users (``user.is_staff``) see health and metrics."""
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated and user.is_staff)
+
+
+def resolve_guard(setting: object) -> Callable[[HttpRequest], Any] | None:
+    """The guard a setting names: None, a callable, or a dotted import path.
+
+    Raises:
+        ValueError: the path cannot be imported, or the value is not callable.
+    """
+    if setting is None:
+        return None
+    if isinstance(setting, str):
+        try:
+            setting = import_string(setting)
+        except ImportError:
+            raise ValueError(f"cannot import {setting!r}") from None
+    if not callable(setting):
+        raise ValueError(f"must be a callable or its dotted path, got {type(setting).__name__}")
+    guard: Callable[[HttpRequest], Any] = setting
+    return guard
+
+
+def _guarded(view: View) -> View:
+    @wraps(view)
+    def check(request: HttpRequest) -> HttpResponse:
+        guard = resolve_guard(getattr(settings, GUARD_SETTING, None))
+        if guard is not None and not guard(request):
+            response = JsonResponse({"error": "forbidden"}, status=403)
+            response["Cache-Control"] = "no-store"
+            return response
+        return view(request)
+
+    return check
+
+
+@_guarded
 @require_GET
 @never_cache
 def health(request: HttpRequest) -> HttpResponse:
@@ -22,6 +77,7 @@ def health(request: HttpRequest) -> HttpResponse:
     return JsonResponse(verdict.to_dict(), status=503 if verdict.status == "critical" else 200)
 
 
+@_guarded
 @require_GET
 @never_cache
 @vary_on_headers("Accept")

@@ -37,8 +37,31 @@ def story_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse("queued" if tracked else "refused", status=201)
 
 
+def context_view(request: HttpRequest) -> HttpResponse:
+    tracked = analytics_queue.track("page_served", properties={"plan": "explicit"})
+    return HttpResponse("queued" if tracked else "refused", status=201)
+
+
+class FakeUser:
+    """What AuthenticationMiddleware puts on a request: no database here."""
+
+    is_authenticated = True
+    pk = 42
+
+
+class FakeAuthenticationMiddleware:
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request.user = FakeUser()  # type: ignore[attr-defined]
+        response: HttpResponse = self.get_response(request)
+        return response
+
+
 urlpatterns = [
     path("stories/", story_view),
+    path("context/", context_view),
     path("analytics/", include("analytics_queue.django.urls")),
 ]
 
@@ -253,3 +276,115 @@ def test_a_missing_key_warns_w001(
         monkeypatch.delenv("POSTHOG_API_KEY")
         with override_settings(ANALYTICS_QUEUE={"disabled": True}):
             assert our_checks() == []  # nothing to send anyway
+
+
+def token_guard(request: HttpRequest) -> bool:
+    return request.headers.get("X-Monitoring-Token") == "s3cret"
+
+
+def test_the_endpoint_guard_setting_protects_the_views(client: Client, capture_server: Any) -> None:
+    with (
+        analytics_settings(capture_server),
+        override_settings(ANALYTICS_QUEUE_ENDPOINT_GUARD=f"{__name__}.token_guard"),
+    ):
+        for route in ("/analytics/health", "/analytics/metrics"):
+            refused = client.get(route)
+            assert refused.status_code == 403 and refused.json() == {"error": "forbidden"}
+            assert client.get(route, HTTP_X_MONITORING_TOKEN="s3cret").status_code == 200
+        assert our_checks() == []
+    with (
+        analytics_settings(capture_server),
+        override_settings(ANALYTICS_QUEUE_ENDPOINT_GUARD="analytics_queue.django.views.staff_only"),
+    ):
+        assert client.get("/analytics/health").status_code == 403  # anonymous: not staff
+
+
+def test_a_bad_endpoint_guard_is_a_system_check_error(client: Client, capture_server: Any) -> None:
+    with (
+        analytics_settings(capture_server),
+        override_settings(ANALYTICS_QUEUE_ENDPOINT_GUARD="no.such.module.guard"),
+    ):
+        assert any(
+            id_ == "analytics_queue.E001" and "ENDPOINT_GUARD" in msg for id_, msg in our_checks()
+        )
+
+
+# -- the request context ------------------------------------------------------------------------
+
+CONTEXT_MIDDLEWARE = "analytics_queue.django.middleware.RequestContextMiddleware"
+
+
+def one_event(capture_server: Any) -> Any:
+    assert analytics_queue.flush(timeout=5.0)
+    [event] = capture_server.wait_for(1)
+    return event
+
+
+def test_the_app_adds_its_middleware(client: Client) -> None:
+    from django.conf import settings
+
+    assert CONTEXT_MIDDLEWARE in settings.MIDDLEWARE
+    with override_settings(MIDDLEWARE=["django.middleware.common.CommonMiddleware"]):
+        assert settings.MIDDLEWARE[-1] == CONTEXT_MIDDLEWARE
+
+
+def test_a_request_runs_in_a_context_with_posthogs_names(
+    client: Client, capture_server: Any
+) -> None:
+    with analytics_settings(capture_server):
+        response = client.get(
+            "/context/?token=secret",
+            HTTP_X_POSTHOG_SESSION_ID="session-42",
+            HTTP_X_POSTHOG_DISTINCT_ID="user-7",
+            HTTP_USER_AGENT="pytest-agent/1.0",
+            REMOTE_ADDR="203.0.113.9",
+        )
+        assert response.content == b"queued"
+        event = one_event(capture_server)
+    assert event.distinct_id == "user-7"
+    props = event.properties
+    assert props["$session_id"] == "session-42"
+    assert props["$current_url"] == "http://testserver/context/"  # no query string
+    assert props["$request_method"] == "GET"
+    assert props["$request_path"] == "/context/"
+    assert props["$user_agent"] == "pytest-agent/1.0"
+    assert props["plan"] == "explicit"
+    assert "$ip" not in props
+
+
+def test_the_authenticated_user_is_the_fallback_distinct_id(
+    client: Client, capture_server: Any
+) -> None:
+    middleware = [f"{__name__}.FakeAuthenticationMiddleware", CONTEXT_MIDDLEWARE]
+    with analytics_settings(capture_server), override_settings(MIDDLEWARE=middleware):
+        client.get("/context/")
+        event = one_event(capture_server)
+        capture_server.clear()
+        client.get("/context/", HTTP_X_POSTHOG_DISTINCT_ID="from-header")
+        header_event = one_event(capture_server)
+    assert event.distinct_id == "42"
+    assert "$process_person_profile" not in event.properties
+    assert header_event.distinct_id == "from-header"  # the header wins over the user
+
+
+def test_ip_only_when_opted_in(client: Client, capture_server: Any) -> None:
+    with (
+        analytics_settings(capture_server),
+        override_settings(ANALYTICS_QUEUE_REQUEST_CONTEXT_IP=True),
+    ):
+        client.get("/context/", HTTP_X_FORWARDED_FOR="198.51.100.4, 10.0.0.1")
+        event = one_event(capture_server)
+    assert event.properties["$ip"] == "198.51.100.4"
+
+
+def test_request_context_off_with_one_setting(client: Client, capture_server: Any) -> None:
+    with (
+        analytics_settings(capture_server),
+        override_settings(ANALYTICS_QUEUE_REQUEST_CONTEXT=False),
+    ):
+        assert analytics_queue.get_default().config.request_context is False
+        client.get("/context/", HTTP_X_POSTHOG_DISTINCT_ID="user-7")
+        event = one_event(capture_server)
+    assert event.distinct_id != "user-7"
+    assert event.properties["$process_person_profile"] is False
+    assert "$current_url" not in event.properties

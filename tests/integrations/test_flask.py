@@ -276,3 +276,109 @@ def test_the_url_prefix_is_configurable(make_app: MakeApp) -> None:
 
     no_routes = make_app({"ANALYTICS_QUEUE_URL_PREFIX": None}).test_client()
     assert no_routes.get("/analytics/health").status_code == 404
+
+
+def _token_guard(request: Any) -> bool:
+    return bool(request.headers.get("X-Monitoring-Token") == "s3cret")
+
+
+def test_the_endpoint_guard_protects_health_and_metrics(make_app: MakeApp) -> None:
+    app = make_app({"ANALYTICS_QUEUE_ENDPOINT_GUARD": _token_guard})
+    client = app.test_client()
+    for route in ("/analytics/health", "/analytics/metrics"):
+        refused = client.get(route)
+        assert refused.status_code == 403 and refused.get_json() == {"error": "forbidden"}
+        assert "queued" not in refused.get_data(as_text=True)
+        allowed = client.get(route, headers={"X-Monitoring-Token": "s3cret"})
+        assert allowed.status_code == 200
+    assert client.post("/signup/ada").status_code == 202  # the app's own routes are untouched
+
+
+def test_the_endpoint_guard_may_be_a_dotted_path_and_a_bad_one_is_refused(
+    make_app: MakeApp,
+) -> None:
+    app = make_app({"ANALYTICS_QUEUE_ENDPOINT_GUARD": f"{__name__}._token_guard"})
+    assert app.test_client().get("/analytics/health").status_code == 403
+    with pytest.raises(ValueError, match="ANALYTICS_QUEUE_ENDPOINT_GUARD"):
+        make_app({"ANALYTICS_QUEUE_ENDPOINT_GUARD": "no.such.module.guard"})
+    with pytest.raises(ValueError, match="ANALYTICS_QUEUE_ENDPOINT_GUARD"):
+        make_app({"ANALYTICS_QUEUE_ENDPOINT_GUARD": 42})
+
+
+# -- the request context ------------------------------------------------------------------------
+
+
+def context_app(make_app: MakeApp, config: dict[str, Any] | None = None) -> Flask:
+    app = make_app(config)
+
+    @app.post("/stories")
+    def story() -> tuple[str, int]:
+        tracked = queue_of(app).track(
+            "story_generated", properties={"$request_path": "/explicit-wins"}
+        )
+        return ("queued" if tracked else "refused"), 201
+
+    return app
+
+
+def test_a_request_opens_a_context_with_posthogs_names(
+    make_app: MakeApp, capture_server: Any
+) -> None:
+    app = context_app(make_app)
+    response = app.test_client().post(
+        "/stories?token=secret",
+        headers={
+            "X-POSTHOG-SESSION-ID": "session-42",
+            "X-POSTHOG-DISTINCT-ID": "user-7",
+            "User-Agent": "pytest-agent/1.0",
+        },
+        environ_base={"REMOTE_ADDR": "203.0.113.9"},
+    )
+    assert response.text == "queued"
+    assert queue_of(app).flush(timeout=10)
+    (event,) = capture_server.wait_for(1)
+    assert event.distinct_id == "user-7"
+    props = event.properties
+    assert props["$session_id"] == "session-42"
+    assert props["$current_url"] == "http://localhost/stories"  # no query string
+    assert props["$request_method"] == "POST"
+    assert props["$request_path"] == "/explicit-wins"  # explicit properties win over tags
+    assert props["$user_agent"] == "pytest-agent/1.0"
+    assert "$ip" not in props  # personal data: opt-in only
+    assert "$process_person_profile" not in props
+
+
+def test_without_the_header_the_event_is_personless_and_nothing_leaks_to_the_next_request(
+    make_app: MakeApp, capture_server: Any
+) -> None:
+    app = context_app(make_app)
+    client = app.test_client()
+    client.post("/stories", headers={"X-POSTHOG-DISTINCT-ID": "user-7"})
+    client.post("/stories")
+    assert queue_of(app).flush(timeout=10)
+    first, second = capture_server.wait_for(2)
+    assert first.distinct_id == "user-7"
+    assert second.distinct_id != "user-7"
+    assert second.properties["$process_person_profile"] is False
+    assert "$session_id" not in second.properties
+
+
+def test_ip_only_when_opted_in(make_app: MakeApp, capture_server: Any) -> None:
+    app = context_app(make_app, {"ANALYTICS_QUEUE_REQUEST_CONTEXT_IP": True})
+    app.test_client().post(
+        "/stories",
+        headers={"X-POSTHOG-DISTINCT-ID": "u"},
+        environ_base={"REMOTE_ADDR": "203.0.113.9"},
+    )
+    assert queue_of(app).flush(timeout=10)
+    (event,) = capture_server.wait_for(1)
+    assert event.properties["$ip"] == "203.0.113.9"
+
+
+def test_request_context_off_with_one_setting(make_app: MakeApp, capture_server: Any) -> None:
+    app = context_app(make_app, {"ANALYTICS_QUEUE_REQUEST_CONTEXT": False})
+    app.test_client().post("/stories", headers={"X-POSTHOG-DISTINCT-ID": "user-7"})
+    assert queue_of(app).flush(timeout=10)
+    (event,) = capture_server.wait_for(1)
+    assert event.distinct_id != "user-7"
+    assert "$current_url" not in event.properties
