@@ -28,6 +28,11 @@ Network behaviour (docs/network.md):
   safe for the health and metrics endpoints; the server's own text goes to the DEBUG log only.
 - Redirects are never followed (the API key is in the body).
 
+A send is three steps (:class:`Pipelined`): ``prepare`` joins and compresses the events into a
+body that lacks only its ``sent_at``, ``begin`` stamps it and writes the request, ``finish`` reads
+the answer. Between ``begin`` and ``finish`` the worker prepares the next batch while the server
+works (``_http`` splits urllib3's request in two; behind an HTTP proxy the request goes whole).
+
 :class:`LocalTransport` is the fallback without an API key: one INFO line per batch on the
 ``analytics_queue.local`` logger (the count and the event names), and each event's JSON at DEBUG.
 
