@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install lint typecheck pytest test demo bench capture-server clean
+.PHONY: install lint typecheck pytest docs test demo bench capture-server clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ pytest: install
 	$(BIN)/pytest --benchmark-disable --cov --cov-report=term $(PYTEST_ARGS)
 	ANALYTICS_QUEUE_JSON=stdlib $(BIN)/pytest -q -p no:cacheprovider $(JSON_TESTS)
 
-test: lint typecheck pytest
+# The docs site: MkDocs + Material + mkdocstrings, warnings are errors, into site/ (git-ignored).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: lint typecheck docs pytest
 
 demo: install
 	$(BIN)/python -m examples.flask_app.demo $(DEMO_ARGS)
@@ -44,4 +48,4 @@ capture-server: install
 	$(BIN)/python -m analytics_queue.testing --port 8000 --print
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov site

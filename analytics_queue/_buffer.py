@@ -1,9 +1,11 @@
 """EventBuffer: the bounded ``queue.Queue`` between ``track()`` and the worker.
 
-A subclass, so that admission, the byte bound and closing happen in the one step the queue
-already takes under its own mutex: ``put_nowait`` either queues an event before the buffer is
-closed, or raises :class:`BufferClosed`. No event can slip in after :meth:`EventBuffer.close`,
-so a drain that starts after it sees everything it must account for.
+A subclass of the standard library's class (even where gevent or eventlet replaced
+``queue.Queue``: see :mod:`analytics_queue._green`), so that admission, the byte bound and
+closing happen in the one step the queue already takes under its own mutex: ``put_nowait``
+either queues an event before the buffer is closed, or raises :class:`BufferClosed`. No event
+can slip in after :meth:`EventBuffer.close`, so a drain that starts after it sees everything it
+must account for.
 
 The worker never blocks in ``get()``: it waits on :attr:`EventBuffer.wake`, which a ``put`` sets
 once ``wake_at`` events wait, and takes what waits in bulk with :meth:`EventBuffer.take`.
@@ -15,9 +17,15 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+from analytics_queue import _green
 from analytics_queue.event import QueuedEvent
+
+if TYPE_CHECKING:
+    _StdQueue = queue.Queue
+else:  # the standard library's class even where gevent or eventlet replaced queue.Queue
+    _StdQueue = _green.queue_class()
 
 
 class BufferClosed(Exception):
@@ -35,7 +43,7 @@ class BufferState(NamedTuple):
     oldest_tracked_at: float | None
 
 
-class EventBuffer(queue.Queue[QueuedEvent]):
+class EventBuffer(_StdQueue[QueuedEvent]):
     """A bounded FIFO of queued events that can be closed.
 
     Args:
@@ -47,6 +55,14 @@ class EventBuffer(queue.Queue[QueuedEvent]):
 
     def __init__(self, maxsize: int, *, max_bytes: int | None = None, wake_at: int = 1) -> None:
         super().__init__(maxsize)
+        if _green.patched_by() is not None:
+            # gevent's Lock has no _is_owned, so every put's notify() would probe it with an
+            # acquire followed by a yield to the hub: an RLock answers _is_owned itself.
+            mutex = threading.RLock()
+            self.mutex = mutex  # type: ignore[assignment]
+            self.not_empty = threading.Condition(mutex)
+            self.not_full = threading.Condition(mutex)
+            self.all_tasks_done = threading.Condition(mutex)
         self.wake = threading.Event()
         self._wake_at = wake_at
         self._max_bytes = max_bytes

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from analytics_queue.retry import RetryPolicy, is_retryable
-from analytics_queue.transport import SendResult
+from analytics_queue.sending import SendResult
 
 #: The pause between failed attempts while stopping: backoff is cut short, but a dead server
 #: must not turn the drain into a busy loop.

@@ -45,9 +45,12 @@ class Batch:
     first_seq: int
     low: int
     open: int = field(init=False)
+    oldest_tracked_at: float | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.open = len(self.retried) + len(self.fresh)
+        stamps = [events[0].tracked_at for events in (self.retried, self.fresh) if events]
+        self.oldest_tracked_at = min(stamps) if stamps else None
 
 
 class Totals(NamedTuple):
@@ -94,6 +97,16 @@ class Ledger:
             state = self._buffer.state()
             oldest = self._retry[0].tracked_at if self._retry else state.oldest_tracked_at
             return PendingWork(state.waiting + len(self._retry), bool(self._retry), oldest)
+
+    def oldest_unfinished(self) -> float | None:
+        """When the oldest event not yet final was tracked (wall clock); None when none is."""
+        with self._lock:
+            stamps = [batch.oldest_tracked_at for batch in self._in_flight]
+            if self._retry:
+                stamps.append(self._retry[0].tracked_at)
+            stamps.append(self._buffer.state().oldest_tracked_at)
+            known = [stamp for stamp in stamps if stamp is not None]
+            return min(known) if known else None
 
     def flush_target(self) -> int | None:
         """The sequence number a flush called now waits for; None when nothing is unfinished."""

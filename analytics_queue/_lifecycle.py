@@ -61,6 +61,8 @@ class Drainable(Protocol):
 
 
 _instances: weakref.WeakSet[Lifecycle] = weakref.WeakSet()
+#: Each kept worker with the pid of the process that started it: after a fork that skipped
+#: Python's hooks (uWSGI's workers), the child must not wait for the parent's thread.
 _workers: set[Drainable] = set()
 _lock = threading.Lock()
 _lock_pid = os.getpid()

@@ -44,7 +44,7 @@ from analytics_queue.errors import RefusedError
 from analytics_queue.event import EventEncoder
 from analytics_queue.metrics import Counters, ErrorRecord
 from analytics_queue.retry import RetryPolicy
-from analytics_queue.transport import Pipelined, PreparedBody, SendResult, Transport
+from analytics_queue.sending import Pipelined, SendResult, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ class Worker:
         self._handoff_at = time.perf_counter() + HANDOFF_INTERVAL  # the thread just woke
         batch = self.ledger.take(MAX_BATCH_EVENTS)
         self._counters.observe_queue_size(batch.open + self.buffer.qsize())
-        prepared: PreparedBody | None = None
+        prepared: Any = None  # a body the transport prepared ahead
         part: list[Pending] = []
         while True:
             try:
@@ -396,9 +396,7 @@ class Worker:
             self._fail(batch, reason, count)
         return encoded
 
-    def _deliver(
-        self, batch: Batch, events: list[Pending], prepared: PreparedBody | None = None
-    ) -> None:
+    def _deliver(self, batch: Batch, events: list[Pending], prepared: Any = None) -> None:
         # A stack of parts: a 413 or a 400 on several events splits them in halves.
         stack = [events]
         while stack:
@@ -442,14 +440,12 @@ class Worker:
                     "PostHog refused %d event(s) (%s): %s", len(part), reason, result.error
                 )
 
-    def _attempt(
-        self, part: list[Pending], timeout: float, body: PreparedBody | None
-    ) -> tuple[SendResult, float]:
+    def _attempt(self, part: list[Pending], timeout: float, body: Any) -> tuple[SendResult, float]:
         started = self._monotonic()
         transport = self._transport
         try:
             if isinstance(transport, Pipelined):
-                prepared = body or transport.prepare([p.data for p in part])
+                prepared = body if body is not None else transport.prepare([p.data for p in part])
                 self._handoff()
                 request = transport.begin(prepared, timeout)
                 self._prepare_ahead()  # the server works on the request meanwhile
@@ -499,7 +495,7 @@ class _Ahead:
 
     batch: Batch
     part: list[Pending]
-    body: PreparedBody
+    body: Any  # what the transport's prepare() returned
 
 
 def _cut_by_bytes(pendings: list[Pending]) -> tuple[list[Pending], list[Pending]]:

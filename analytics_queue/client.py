@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from analytics_queue import _lifecycle
-from analytics_queue._buffer import BufferClosed, EventBuffer
+from analytics_queue._buffer import BufferBytesFull, BufferClosed, EventBuffer
 from analytics_queue._guard import deferred, guarded, inside, run_deferred
-from analytics_queue._uwsgi import uwsgi_problems
+from analytics_queue._uwsgi import in_master, uwsgi_problems
 from analytics_queue._worker import Worker
 from analytics_queue.builders import (
     alias_event,
@@ -34,7 +34,7 @@ from analytics_queue.builders import (
     resolve_track,
     track_options,
 )
-from analytics_queue.config import Config, build_config
+from analytics_queue.config import OPTIONS_BY_NAME, Config, build_config
 from analytics_queue.context import current_scope
 from analytics_queue.errors import (
     QueueFullError,
@@ -54,15 +54,26 @@ from analytics_queue.event import (
     check_uuid,
     shown,
 )
-from analytics_queue.metrics import Counters, Health, Metrics, evaluate_health
+from analytics_queue.metrics import (
+    LOCAL_MODE,
+    Counters,
+    Health,
+    Metrics,
+    Reason,
+    evaluate_health,
+)
 from analytics_queue.retry import RetryPolicy
-from analytics_queue.transport import ForkAware, LocalTransport, PostHogTransport, Transport
+from analytics_queue.sending import ForkAware, LocalTransport, Transport
 
 logger = logging.getLogger(__name__)
 
 #: At most one "queue full" warning per this many seconds.
 QUEUE_FULL_WARNING_INTERVAL: Final = 60.0
+#: Added to an event's size estimate for what every event carries (uuid, stamps, enrichment).
+EVENT_OVERHEAD_BYTES: Final = 200
 LOCAL_MODE_REASON: Final = "no API key: events are logged, not sent"
+#: In uWSGI's master, track() sends on the caller at once, for at most this many seconds.
+UWSGI_MASTER_SEND_TIMEOUT: Final = 2.0
 
 _UNSET: Final[Any] = object()
 _new_tuple: Final[Any] = tuple.__new__
@@ -81,6 +92,8 @@ class AnalyticsQueue:
         batch_size: send as soon as this many events wait (10).
         flush_interval: seconds; a waiting event is sent at most this long after track() (5.0).
         max_queue_size: past this many waiting events track() refuses (10,000).
+        max_queue_bytes: past about this many bytes of waiting events (their size estimated
+            at track()) it refuses too (32 MiB; None: no byte bound).
         requeue_limit: after a retryable failure, the first N events of the batch go again and
             the rest fail with reason ``retry_limit`` (5; None: all of them go again).
         shutdown_timeout: the exit budget, seconds (5.0).
@@ -99,6 +112,7 @@ class AnalyticsQueue:
             an event is serialized: return it (changed or not), or None to drop it.
         request_context: the Flask and Django integrations open a context per request (True).
         request_context_ip: ... and add the client's address as ``$ip`` (False: personal data).
+        health_window: seconds of delivery history that health() judges (300.0).
         transport: a sender to use instead of PostHog's or the local one (tests, custom sinks).
         retry_policy: the backoff between failed attempts.
 
@@ -123,7 +137,9 @@ class AnalyticsQueue:
         environment: str | None = None,
         strict: bool | None = None,
         disabled: bool | None = None,
+        health_window: float | None = None,
         *,
+        max_queue_bytes: int | None = _UNSET,
         disable_geoip: bool | None = None,
         super_properties: Mapping[str, Any] | None = None,
         historical_migration: bool | None = None,
@@ -133,28 +149,9 @@ class AnalyticsQueue:
         transport: Transport | None = None,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
-        options: dict[str, Any] = {
-            "api_key": api_key,
-            "host": host,
-            "batch_size": batch_size,
-            "flush_interval": flush_interval,
-            "max_queue_size": max_queue_size,
-            "shutdown_timeout": shutdown_timeout,
-            "timeout": timeout,
-            "gzip": gzip,
-            "app_version": app_version,
-            "environment": environment,
-            "strict": strict,
-            "disabled": disabled,
-            "disable_geoip": disable_geoip,
-            "super_properties": super_properties,
-            "historical_migration": historical_migration,
-            "before_send": before_send,
-            "request_context": request_context,
-            "request_context_ip": request_context_ip,
-        }
-        if requeue_limit is not _UNSET:
-            options["requeue_limit"] = requeue_limit
+        # Every parameter named like an option is one; _UNSET marks those where None is a value.
+        given = locals()
+        options = {name: given[name] for name in OPTIONS_BY_NAME if given[name] is not _UNSET}
         with guarded():  # a handler that tracks our own warnings must not loop back here
             self._config = build_config(**options)
             self._problems = uwsgi_problems()
@@ -171,6 +168,10 @@ class AnalyticsQueue:
     def _default_transport(config: Config) -> Transport:
         if config.api_key is None:
             return LocalTransport()
+        # Imported here: urllib3 and TLS cost tens of milliseconds at import, and an instance
+        # without an API key (tests, local development) never needs them.
+        from analytics_queue.transport import PostHogTransport
+
         return PostHogTransport(
             config.api_key,
             config.host,
@@ -194,9 +195,15 @@ class AnalyticsQueue:
         self._ready = False
         self._rng = random.Random()
         self._random_bits = self._rng.getrandbits
-        self._buffer = EventBuffer(config.max_queue_size, wake_at=config.batch_size)
-        self._counters = Counters()
+        self._buffer = EventBuffer(
+            config.max_queue_size, max_bytes=config.max_queue_bytes, wake_at=config.batch_size
+        )
+        self._counters = Counters(health_window=config.health_window)
         self._reentrant_refusals = 0
+        # uWSGI's master loads the app, then forks at the C level and never runs exit
+        # handlers: a thread of ours there could hold the GIL at a fork (the worker then
+        # hangs) and would drain nothing at exit. So no thread: track() sends at once.
+        self._uwsgi_master = in_master()
         self._worker = Worker(
             self._buffer,
             self._transport,
@@ -297,6 +304,7 @@ class AnalyticsQueue:
             return self._refuse(
                 UnserializableError(f"event {name}: {type(exc).__name__} while checking it")
             )
+        size += len(event) + len(distinct_id) + EVENT_OVERHEAD_BYTES
         # tuple.__new__: the same QueuedEvent without the NamedTuple constructor's Python frame.
         return self._admit(
             _new_tuple(
@@ -311,8 +319,13 @@ class AnalyticsQueue:
         inside.active = True
         try:
             self._buffer.put_nowait(item)
-        except queue.Full:
+        except BufferBytesFull:
             refused: RefusedError | None = QueueFullError(
+                f"event {shown(item.event)}: the queue holds about "
+                f"{self._config.max_queue_bytes} bytes of events"
+            )
+        except queue.Full:
+            refused = QueueFullError(
                 f"event {shown(item.event)}: the queue holds {self._config.max_queue_size} events"
             )
         except BufferClosed:
@@ -323,7 +336,11 @@ class AnalyticsQueue:
             inside.active = False
         if deferred:
             run_deferred()
-        return True if refused is None else self._refuse(refused)
+        if refused is not None:
+            return self._refuse(refused)
+        if self._uwsgi_master:
+            self._send_from_uwsgi_master()
+        return True
 
     # -- persons and groups: posthog-python's calls, queued like track() -----------------------
 
@@ -484,6 +501,17 @@ class AnalyticsQueue:
             )
         return self._admit(item)
 
+    def _send_from_uwsgi_master(self) -> None:
+        budget = min(self._config.timeout, UWSGI_MASTER_SEND_TIMEOUT)
+        if not self._worker.flush(time.monotonic() + budget):
+            with guarded():
+                logger.warning(
+                    "analytics events tracked in the uWSGI master could not be sent within "
+                    "%.1f s; the master never drains at exit, so they are lost (track them "
+                    "in the workers, or run with --lazy-apps)",
+                    budget,
+                )
+
     def _prepare(self) -> RefusedError | None:
         """The slow path of track(): fork, first call, shutdown, disabled, re-entry."""
         if inside.active:
@@ -495,6 +523,8 @@ class AnalyticsQueue:
                 return _Disabled("analytics is disabled")
             if self._closed:
                 return ShutdownError("the analytics queue was shut down")
+            if self._uwsgi_master:
+                return None  # no thread in uWSGI's master: track() sends on the caller
             with self._lock:
                 if not self._ready and not self._closed:
                     self._worker.start()
@@ -612,11 +642,18 @@ class AnalyticsQueue:
 
     def health(self) -> Health:
         """healthy / degraded / critical, with the reasons, from a fresh snapshot."""
-        notes = list(self._problems)
+        notes = [Reason(code, message) for code, message in self._problems]
         if self._config.local:
-            notes.insert(0, LOCAL_MODE_REASON)
+            notes.insert(0, Reason(LOCAL_MODE, LOCAL_MODE_REASON))
+        metrics = self.metrics()
+        with guarded():
+            oldest = self._worker.ledger.oldest_unfinished()
         return evaluate_health(
-            self.metrics(), mode="local" if self._config.local else "posthog", notes=notes
+            metrics,
+            mode="local" if self._config.local else "posthog",
+            notes=notes,
+            oldest_waiting_age=None if oldest is None else max(0.0, time.time() - oldest),
+            flush_interval=self._config.flush_interval,
         )
 
     def __repr__(self) -> str:

@@ -19,8 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from posthog.request import determine_server_host
-
+from analytics_queue._host import normalize_host
 from analytics_queue._redact import redact
 from analytics_queue.errors import ConfigurationError
 from analytics_queue.event import shown_value
@@ -44,7 +43,8 @@ class OptionSpec:
         parse: turns an environment string into a value for ``check``.
         env: the environment variables read, first found wins (none for a callable).
         flask_key: the ``app.config`` key.
-        django_setting: where Django settings give it: a setting name, or a key of the
+        django_setting: where Django settings give it: a setting of its own
+            (``POSTHOG_API_KEY``, ``ANALYTICS_QUEUE_REQUEST_CONTEXT``), or a key of the
             ``ANALYTICS_QUEUE`` dict (``ANALYTICS_QUEUE["batch_size"]``).
         none_means: what an explicit None means, when None is a value; otherwise None means
             "not given".
@@ -70,6 +70,7 @@ class _Meta:
     none_means: str | None
     posthog_name: bool
     code_only: bool
+    django_top_level: bool
 
 
 def _option(
@@ -81,9 +82,10 @@ def _option(
     none_means: str | None = None,
     posthog_name: bool = False,
     code_only: bool = False,
+    django_top_level: bool = False,
     repr: bool = True,
 ) -> Any:
-    meta = _Meta(check, parse, doc, none_means, posthog_name, code_only)
+    meta = _Meta(check, parse, doc, none_means, posthog_name, code_only, django_top_level)
     return dataclasses.field(default=default, repr=repr, metadata={"option": meta})
 
 
@@ -114,12 +116,20 @@ def _check_host(value: object) -> str:
     if not value.startswith(("http://", "https://")):
         # The value is not echoed: a key pasted into the wrong variable must not reach a log.
         raise ValueError("must start with http:// or https://")
-    return determine_server_host(value).rstrip("/")
+    return normalize_host(value).rstrip("/")
 
 
 def _positive_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"must be an int >= 1, got {shown_value(value)}")
+    return int(value)
+
+
+def _optional_positive_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be an int >= 1 or None, got {shown_value(value)}")
     return int(value)
 
 
@@ -258,6 +268,13 @@ class Config:
     max_queue_size: int = _option(
         10_000, _positive_int, _int_text, "past this many waiting events track() refuses"
     )
+    max_queue_bytes: int | None = _option(
+        32 * 1024 * 1024,
+        _optional_positive_int,
+        _limit_text,
+        "past about this many bytes of waiting events (estimated at track()) it refuses too",
+        none_means="no byte bound: the count bound alone",
+    )
     requeue_limit: int | None = _option(
         5,
         _optional_non_negative_int,
@@ -280,6 +297,9 @@ class Config:
         False, _bool, _bool_text, "refusals raise from track() instead of returning False"
     )
     disabled: bool = _option(False, _bool, _bool_text, "track() is a no-op that returns False")
+    health_window: float = _option(
+        300.0, _positive_seconds, _float_text, "seconds of recent sends the health verdict judges"
+    )
     disable_geoip: bool = _option(
         True, _bool, _bool_text, "send $geoip_disable: PostHog does not geolocate server IPs"
     )
@@ -298,10 +318,18 @@ class Config:
         repr=False,
     )
     request_context: bool = _option(
-        True, _bool, _bool_text, "Flask and Django: a context per request ($current_url, ...)"
+        True,
+        _bool,
+        _bool_text,
+        "Flask and Django: a context per request ($current_url, ...)",
+        django_top_level=True,
     )
     request_context_ip: bool = _option(
-        False, _bool, _bool_text, "add the client's $ip to the request context (personal data)"
+        False,
+        _bool,
+        _bool_text,
+        "add the client's $ip to the request context (personal data)",
+        django_top_level=True,
     )
 
     @property
@@ -320,7 +348,7 @@ def _spec(field: dataclasses.Field[Any]) -> OptionSpec:
     else:
         env = () if meta.code_only else (ENV_PREFIX + upper,)
         flask_key = ENV_PREFIX + upper
-        django_setting = f'ANALYTICS_QUEUE["{field.name}"]'
+        django_setting = flask_key if meta.django_top_level else f'ANALYTICS_QUEUE["{field.name}"]'
     return OptionSpec(
         name=field.name,
         default=field.default,
@@ -337,10 +365,16 @@ def _spec(field: dataclasses.Field[Any]) -> OptionSpec:
 #: Every option, in declaration order, derived from :class:`Config`'s fields.
 OPTIONS: Final[tuple[OptionSpec, ...]] = tuple(_spec(f) for f in dataclasses.fields(Config))
 OPTIONS_BY_NAME: Final[dict[str, OptionSpec]] = {spec.name: spec for spec in OPTIONS}
-#: The options given in the ``ANALYTICS_QUEUE`` dict of Django settings: all but api_key, host.
+#: The options the ``ANALYTICS_QUEUE`` dict of Django settings may give: all but api_key, host.
 OPTION_NAMES: Final[tuple[str, ...]] = tuple(
-    spec.name for spec in OPTIONS if spec.django_setting.startswith("ANALYTICS_QUEUE[")
+    spec.name for spec in OPTIONS if not spec.django_setting.startswith("POSTHOG_")
 )
+#: Options with a Django setting of their own, by setting name (they win over the dict).
+DJANGO_SETTINGS: Final[dict[str, str]] = {
+    spec.django_setting: spec.name
+    for spec in OPTIONS
+    if not spec.django_setting.startswith("ANALYTICS_QUEUE[")
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,7 +87,7 @@ class FlaskAnalytics:
     - ``POSTHOG_HOST``: default ``https://us.i.posthog.com``.
     - ``ANALYTICS_QUEUE_BATCH_SIZE``: 10.
     - ``ANALYTICS_QUEUE_FLUSH_INTERVAL``: 5.0 seconds.
-    - ``ANALYTICS_QUEUE_MAX_QUEUE_SIZE``: 10000.
+    - ``ANALYTICS_QUEUE_MAX_QUEUE_SIZE``: 10000; ``ANALYTICS_QUEUE_MAX_QUEUE_BYTES``: 32 MiB.
     - ``ANALYTICS_QUEUE_REQUEUE_LIMIT``: 5.
     - ``ANALYTICS_QUEUE_SHUTDOWN_TIMEOUT``: 5.0 seconds.
     - ``ANALYTICS_QUEUE_TIMEOUT``: 10.0 seconds.
@@ -105,6 +105,7 @@ class FlaskAnalytics:
       ``analytics.track("clicked")`` needs no distinct id there.
     - ``ANALYTICS_QUEUE_REQUEST_CONTEXT_IP``: False; True adds ``request.remote_addr`` as
       ``$ip`` (personal data: opt in knowingly).
+    - ``ANALYTICS_QUEUE_HEALTH_WINDOW``: 300.0 seconds.
     - ``ANALYTICS_QUEUE_URL_PREFIX``: ``"/analytics"``, the prefix of the health and metrics
       routes; ``None`` registers no blueprint.
     - ``ANALYTICS_QUEUE_ENDPOINT_GUARD``: None (the routes answer anyone), or a callable (or its

@@ -6,7 +6,6 @@ tested without threads or sleeps. Safe to share between threads: a RetryPolicy n
 
 from __future__ import annotations
 
-import email.utils
 import math
 import random
 import time
@@ -71,6 +70,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     try:
         seconds = float(text)
     except ValueError:
+        import email.utils  # only for the rare HTTP-date form: a costly import
+
         try:
             when = email.utils.parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):

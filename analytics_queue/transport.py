@@ -1,14 +1,11 @@
-"""Senders: deliver one batch of already-serialized events, synchronously, and say how it went.
-
-A sender knows nothing about threads, queues or retries: the worker owns those. It returns a
-:class:`SendResult` instead of raising, so a failure is a value the worker can count.
+"""The HTTP sender to PostHog: :class:`PostHogTransport` (the protocol is in :mod:`.sending`).
 
 :class:`PostHogTransport` posts to ``{host}/batch/`` in the format posthog-python sends
 (``api_key``, ``batch``, ``historical_migration``, ``sent_at``), over urllib3's connection pool:
 the pool under posthog-python's ``requests.Session``, without the session layer on top. It does
 not call ``posthog.request.batch_post``: that function serializes the whole batch with one
 ``json.dumps`` after walking every value in Python to replace NaN, which holds the GIL for
-milliseconds on a large batch (the request-thread stalls measured in anchors.md), and its session
+milliseconds on a large batch (request threads stall behind it), and its session
 retries https connections by itself, which would break our deadlines. We serialize each event
 once, on the worker, and join the bytes here. Measured here, a ``requests.Session.post`` costs
 460 µs of CPU (the GIL, taken from request threads) against 270 µs for the same request through
@@ -28,13 +25,13 @@ Network behaviour (docs/network.md):
   safe for the health and metrics endpoints; the server's own text goes to the DEBUG log only.
 - Redirects are never followed (the API key is in the body).
 
-A send is three steps (:class:`Pipelined`): ``prepare`` joins and compresses the events into a
-body that lacks only its ``sent_at``, ``begin`` stamps it and writes the request, ``finish`` reads
-the answer. Between ``begin`` and ``finish`` the worker prepares the next batch while the server
-works (``_http`` splits urllib3's request in two; behind an HTTP proxy the request goes whole).
+A send is three steps (``sending.Pipelined``): ``prepare`` joins and compresses the events into
+a body that lacks only its ``sent_at``, ``begin`` stamps it and writes the request, ``finish``
+reads the answer. Between ``begin`` and ``finish`` the worker prepares the next batch while the
+server works (``_http`` splits urllib3's request in two; behind an HTTP proxy it goes whole).
 
-:class:`LocalTransport` is the fallback without an API key: one INFO line per batch on the
-``analytics_queue.local`` logger (the count and the event names), and each event's JSON at DEBUG.
+``SendResult``, ``Transport``, ``ForkAware`` and ``LocalTransport`` are importable from here as
+well as from :mod:`analytics_queue.sending`.
 
 Not thread-safe: each instance is used by one thread at a time (the worker, or a caller that
 holds the worker's send lock).
@@ -55,10 +52,9 @@ import threading
 import time
 import urllib.request
 import zlib
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final
 from urllib.parse import unquote, urljoin, urlsplit
 
 import certifi
@@ -69,6 +65,21 @@ from analytics_queue._redact import redact
 from analytics_queue._version import __version__
 from analytics_queue.event import isoformat
 from analytics_queue.retry import parse_retry_after
+from analytics_queue.sending import (  # re-exported: this module was their first home
+    ForkAware as ForkAware,
+)
+from analytics_queue.sending import (
+    LocalTransport as LocalTransport,
+)
+from analytics_queue.sending import (
+    Pipelined as Pipelined,
+)
+from analytics_queue.sending import (
+    SendResult,
+)
+from analytics_queue.sending import (
+    Transport as Transport,
+)
 
 BATCH_PATH: Final = "/batch/"
 USER_AGENT: Final = f"analytics-queue/{__version__}"
@@ -83,53 +94,6 @@ _SOCKS_SCHEMES: Final = frozenset({"socks4", "socks4a", "socks5", "socks5h"})
 _MIN_READ_TIMEOUT: Final = 0.01
 
 logger = logging.getLogger(__name__)
-local_logger = logging.getLogger("analytics_queue.local")
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """How one attempt went.
-
-    Attributes:
-        ok: the server acknowledged the batch (2xx).
-        status: the HTTP status, or None when no response arrived (network error, timeout).
-        retry_after: seconds the server asked us to wait (``Retry-After``), if any.
-        error: what went wrong, short and without secrets or server text; None when ok. Safe to
-            show in health and metrics.
-        kind: the class of failure: ``refused``, ``dns``, ``tls``, ``timeout``, ``connection``,
-            ``proxy``, ``redirect``, ``http``; None when ok or unknown.
-    """
-
-    ok: bool
-    status: int | None = None
-    retry_after: float | None = None
-    error: str | None = None
-    kind: str | None = None
-
-
-class Transport(Protocol):
-    """Sends one batch; never raises for a delivery failure."""
-
-    def send(self, elements: Sequence[bytes], timeout: float) -> SendResult:
-        """Deliver ``elements`` (each the JSON bytes of one event) within ``timeout`` seconds."""
-        ...
-
-    def close(self) -> None:
-        """Release connections."""
-        ...
-
-
-@runtime_checkable
-class ForkAware(Protocol):
-    """Optional for a transport: implemented by one that holds sockets or threads.
-
-    ``reset_after_fork()`` is called in a fork child before its first send, so that the child
-    never writes to the parent's connections. Checked with ``isinstance``.
-    """
-
-    def reset_after_fork(self) -> None:
-        """Drop what belongs to the parent process; open new connections lazily."""
-        ...
 
 
 class PreparedBody:
@@ -159,22 +123,6 @@ class InFlight:
     exchange: _http.Exchange | None = None
     result: SendResult | None = None
     timeout: float = 0.0  # as the caller asked for it, for the failure message
-
-
-@runtime_checkable
-class Pipelined(Protocol):
-    """Optional for a transport: a send in three steps, so that its caller can work between.
-
-    ``prepare(elements)`` builds the body (no I/O); ``begin(prepared, timeout)`` writes the
-    request; ``finish(request)`` reads its answer. ``send`` is the three in a row. None of them
-    raises for a delivery failure. Checked with ``isinstance``.
-    """
-
-    def prepare(self, elements: Sequence[bytes]) -> PreparedBody: ...
-
-    def begin(self, prepared: PreparedBody, timeout: float) -> InFlight: ...
-
-    def finish(self, request: InFlight) -> SendResult: ...
 
 
 class PostHogTransport:
@@ -621,42 +569,3 @@ def _proxy_pool(variable: str, value: str, options: dict[str, Any]) -> urllib3.P
         headers = urllib3.util.make_headers(proxy_basic_auth=f"{unquote(user)}:{unquote(password)}")
     proxy_url = f"{scheme}://{parsed.host}" + (f":{parsed.port}" if parsed.port else "")
     return urllib3.ProxyManager(proxy_url, proxy_headers=headers, **options)
-
-
-# -- local mode ---------------------------------------------------------------------------------
-
-
-class LocalTransport:
-    """The no-API-key fallback: logs, does not send.
-
-    One INFO line per batch on ``analytics_queue.local`` (how many events, and their names), and
-    each event's JSON at DEBUG on the same logger: payloads hold user data (distinct ids, e-mail
-    addresses in properties), which the library never logs above DEBUG. To see them in
-    development: ``logging.getLogger("analytics_queue.local").setLevel(logging.DEBUG)``.
-    """
-
-    def send(self, elements: Sequence[bytes], timeout: float) -> SendResult:
-        if local_logger.isEnabledFor(logging.INFO):
-            names: Counter[str] = Counter()
-            for element in elements:
-                try:
-                    names[str(json.loads(element).get("event"))] += 1
-                except (ValueError, AttributeError):
-                    names["?"] += 1
-            local_logger.info(
-                "analytics (local mode, not sent): %d event(s): %s",
-                len(elements),
-                ", ".join(
-                    f"{name} x{count}" if count > 1 else name for name, count in names.items()
-                ),
-            )
-        if local_logger.isEnabledFor(logging.DEBUG):
-            for element in elements:
-                local_logger.debug("%s", element.decode("utf-8"))
-        return SendResult(True, None)
-
-    def close(self) -> None:
-        pass
-
-    def reset_after_fork(self) -> None:
-        pass

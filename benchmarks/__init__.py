@@ -1,4 +1,4 @@
-"""Benchmarks of analytics_queue, side by side with posthog-python (issue 5).
+"""Benchmarks of analytics_queue, side by side with posthog-python.
 
 `python -m benchmarks.run` (what `make bench` runs) measures every figure of the report and writes
 `benchmarks/results/`. Each figure is measured for both libraries in the same run, alternating,

@@ -248,6 +248,37 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                     (),
                 )
             )
+    ic = results.get("import_cost", {}).get("summary")
+    if ic:
+        goals += [
+            _goal(
+                "import_added",
+                "import cost",
+                "import analytics_queue adds ≤ 30 ms to a bare interpreter",
+                ic["import_added_ms"],
+                ic["import_added_ms"] <= 30,
+                f"{ic['import_added_ms']:+.1f} ms",
+                (),
+            ),
+            _goal(
+                "import_heavy_modules",
+                "import cost",
+                "import analytics_queue loads neither posthog nor requests",
+                float(len(set(ic["loaded_heavy_modules"]) & {"posthog", "requests"})),
+                not set(ic["loaded_heavy_modules"]) & {"posthog", "requests"},
+                ", ".join(ic["loaded_heavy_modules"]) or "neither",
+                (),
+            ),
+            _goal(
+                "plugin_added",
+                "import cost",
+                "the pytest plugin adds ≤ 20 ms to a run that does not use its fixture",
+                ic["plugin_added_ms"],
+                ic["plugin_added_ms"] <= 20,
+                f"{ic['plugin_added_ms']:+.1f} ms",
+                (),
+            ),
+        ]
     return goals
 
 
@@ -560,6 +591,13 @@ def render_markdown(results: dict[str, Any], goals: list[dict[str, Any]]) -> str
                 f"{slow['exit_s']:.2f} s | {down_s} |"
             )
         out += ["", "![exit](latest-exit.png)", ""]
+
+    if results.get("import_cost", {}).get("summary"):
+        from benchmarks.import_cost import render as render_import_cost
+
+        out += ["## 7. Import cost: `import analytics_queue` and the pytest plugin", ""]
+        out += render_import_cost(results["import_cost"])
+        out.append("")
 
     profiles = results.get("profiles", {})
     if profiles:

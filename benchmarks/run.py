@@ -1,9 +1,12 @@
 """Run every benchmark and write the report: `python -m benchmarks.run [--quick]`.
 
 Writes `<out>/<timestamp>.json` (every run of every section), `<out>/<timestamp>.md` and a copy
-`<out>/latest.md`, and the plots `<out>/latest-*.png` that the README embeds. A goal that is
-missed gets a profile (cProfile, or tracemalloc for memory) whose top functions go into the
-report. Exits 1 when a section failed to run (a missed goal is a finding, not a failure).
+`<out>/latest.md`, and the plots `<out>/latest-*.png` that the docs embed. `<out>` is
+`benchmarks/results/` for a full run (the committed results) and the git-ignored
+`benchmarks/results/scratch/` for `--quick` or `--only`, whose figures must not replace them.
+A goal that is missed gets a profile (cProfile, or tracemalloc for memory) whose top functions
+go into the report. Exits 1 when a section failed to run (a missed goal is a finding, not a
+failure).
 
 Sizes: the full run takes about 10 minutes on 2 cores; `--quick` runs every section with tiny
 sizes in about a minute (the smoke test of `make test` runs it), its figures mean nothing.
@@ -25,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks import at_exit, gil, memory, profiling, report, routes, throughput
+from benchmarks import at_exit, gil, import_cost, memory, profiling, report, routes, throughput
 from benchmarks._common import (
     PYTHON,
     ROOT,
@@ -35,7 +38,9 @@ from benchmarks._common import (
     summarize,
 )
 
-SECTIONS = ("caller_cost", "throughput", "memory", "gil", "routes", "exit")
+SECTIONS = ("caller_cost", "throughput", "memory", "gil", "routes", "exit", "import_cost")
+RESULTS = ROOT / "benchmarks" / "results"
+SCRATCH = RESULTS / "scratch"
 #: Profiled in every run that measures throughput: where the caller's and the worker's time goes.
 ALWAYS_PROFILED = ("track", "throughput", "throughput_wall")
 CALLER_CASES = {
@@ -53,6 +58,7 @@ FULL: dict[str, dict[str, Any]] = {
     "gil": {"blocks": 8, "phase_s": 1.0, "rounds": 2},
     "routes": {"duration": 5.0, "rounds": 5, "warmup": 1.0},
     "exit": {"n": 500, "rounds": 3},
+    "import_cost": {"rounds": 21},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "throughput": {"n": 2_000, "rounds": 1},
@@ -60,6 +66,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "gil": {"blocks": 2, "phase_s": 0.2, "rounds": 1},
     "routes": {"duration": 1.0, "rounds": 1, "warmup": 0.0},
     "exit": {"n": 50, "rounds": 1, "shutdown_timeout": 1.0},
+    "import_cost": {"rounds": 1},
 }
 
 
@@ -138,6 +145,7 @@ def runners(plan: dict[str, dict[str, Any]], loadgen: str) -> dict[str, Callable
         "gil": lambda: gil.run(log=log, **plan["gil"]),
         "routes": lambda: routes.run(log=log, loadgen=loadgen, **plan["routes"]),
         "exit": lambda: at_exit.run(log=log, **plan["exit"]),
+        "import_cost": lambda: import_cost.run(log=log, **plan["import_cost"]),
     }
 
 
@@ -235,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results", help="results directory"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"results directory (default: {RESULTS.relative_to(ROOT)} for a full run, "
+        f"{SCRATCH.relative_to(ROOT)} for --quick or --only)",
     )
     parser.add_argument(
         "--only", default="", help=f"comma-separated sections of: {','.join(SECTIONS)}"
@@ -250,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         help="measure nothing: render the markdown and plots of an earlier results file",
     )
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = SCRATCH if (args.quick or args.only) else RESULTS
     if args.from_json:
         return rerender(args.from_json, args.out)
 

@@ -1,4 +1,4 @@
-"""Caller cost: what one event costs the request thread (issue 5, item 1). One benchmark group.
+"""Caller cost: what one event costs the request thread. One benchmark group.
 
 - `floor`: a bare `queue.Queue.put_nowait` of a tuple, nothing else;
 - `ours`: `AnalyticsQueue.track()`, its worker sending to the capture server meanwhile;

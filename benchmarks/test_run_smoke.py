@@ -64,3 +64,34 @@ def test_quick_run_writes_the_report(tmp_path: Path) -> None:
         png = tmp_path / f"latest-{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"latest-{name}.png" in markdown
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_run_leaves_the_committed_results_alone() -> None:
+    results = ROOT / "benchmarks" / "results"
+    committed = {p.name: p.read_bytes() for p in results.glob("latest*")}
+    scratch = results / "scratch"
+    before = set(scratch.glob("2*.json")) if scratch.exists() else set()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--only",
+            "import_cost",
+            "--no-profile",
+        ],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    assert {p.name: p.read_bytes() for p in results.glob("latest*")} == committed
+    [written] = set(scratch.glob("2*.json")) - before
+    assert "import_cost" in json.loads(written.read_text())
+    assert (scratch / "latest.md").exists()

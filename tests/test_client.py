@@ -374,7 +374,7 @@ def test_without_a_worker_flush_sends_on_the_calling_thread(
         assert queue.track("e", distinct_id="u") is True
     health = queue.health()
     assert health.status == "critical"
-    assert any("no worker" in reason for reason in health.reasons)
+    assert health.codes == ["no_worker"]
     assert queue.flush(timeout=10)
     assert len(capture_server.events()) == 1
     assert queue.health().status == "healthy"
@@ -407,7 +407,8 @@ def test_local_mode_logs_a_summary_at_info_and_each_payload_at_debug(
         assert json.loads(payload)["properties"]["plan"] == "pro"
         health = queue.health()
         assert health.mode == "local"
-        assert "no API key: events are logged, not sent" in health.reasons
+        assert health.codes == ["local_mode"]
+        assert health.reasons[0].message == "no API key: events are logged, not sent"
         assert queue.metrics().delivered == 2
     finally:
         queue.shutdown(timeout=2)
@@ -572,3 +573,29 @@ def test_no_piece_of_the_key_survives_a_truncated_error_message(
     text = json.dumps(queue.metrics().to_dict()) + caplog.text
     assert queue.metrics().last_error is not None
     assert KEY[:8] not in text
+
+
+def test_the_queue_is_bounded_in_bytes_as_well_as_in_events(
+    make_queue: MakeQueue, capture_server: CaptureServer
+) -> None:
+    # A few big events fill the byte bound long before the count bound: the rest are refused
+    # as queue_full at track(), and what was accepted is delivered.
+    queue = make_queue(max_queue_bytes=2_000_000, max_queue_size=10_000, batch_size=1000)
+    big = {"blob": "x" * 400_000}
+    accepted = [queue.track("big", distinct_id="u", properties=big) for _ in range(20)]
+    assert 3 <= accepted.count(True) <= 5
+    assert accepted[: accepted.count(True)] == [True] * accepted.count(True)
+    assert queue.metrics().refused_by_reason == {"queue_full": 20 - accepted.count(True)}
+    assert queue.flush(timeout=10)
+    assert len(capture_server.events("big")) == accepted.count(True)
+
+
+def test_without_a_byte_bound_only_the_count_bounds_the_queue(make_queue: MakeQueue) -> None:
+    queue = make_queue(max_queue_bytes=None, max_queue_size=3, flush_interval=3600, batch_size=100)
+    big = {"blob": "x" * 400_000}
+    assert [queue.track("big", distinct_id="u", properties=big) for _ in range(4)] == [
+        True,
+        True,
+        True,
+        False,
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 
 import pytest
@@ -41,6 +42,7 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
         "ANALYTICS_QUEUE_BATCH_SIZE": "25",
         "ANALYTICS_QUEUE_FLUSH_INTERVAL": "0.5",
         "ANALYTICS_QUEUE_MAX_QUEUE_SIZE": "7",
+        "ANALYTICS_QUEUE_MAX_QUEUE_BYTES": "none",
         "ANALYTICS_QUEUE_REQUEUE_LIMIT": "none",
         "ANALYTICS_QUEUE_SHUTDOWN_TIMEOUT": "1.5",
         "ANALYTICS_QUEUE_TIMEOUT": "3",
@@ -54,18 +56,21 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
         "ANALYTICS_QUEUE_HISTORICAL_MIGRATION": "true",
         "ANALYTICS_QUEUE_REQUEST_CONTEXT": "off",
         "ANALYTICS_QUEUE_REQUEST_CONTEXT_IP": "on",
+        "ANALYTICS_QUEUE_HEALTH_WINDOW": "60",
     }
     config = build_config(env=env)
     assert config.api_key == "phc_env"
     assert config.host == "http://127.0.0.1:9"
     assert config.batch_size == 25 and config.flush_interval == 0.5
     assert config.max_queue_size == 7 and config.requeue_limit is None
+    assert config.max_queue_bytes is None
     assert config.shutdown_timeout == 1.5 and config.timeout == 3.0
     assert config.gzip is False and config.strict is True and config.disabled is True
     assert (config.app_version, config.environment) == ("2.0.0", "staging")
     assert config.disable_geoip is False and config.historical_migration is True
     assert config.super_properties == {"service": "stories", "region": 3}
     assert config.request_context is False and config.request_context_ip is True
+    assert config.health_window == 60.0
     read_from_env = {spec.name for spec in OPTIONS if spec.env} - {"api_key", "host"}
     assert read_from_env == {
         n.removeprefix("ANALYTICS_QUEUE_").lower() for n in env if n.startswith("ANALYTICS")
@@ -175,3 +180,8 @@ def test_a_bad_super_properties_environment_value_is_logged_and_ignored(
 
 def test_before_send_is_never_read_from_the_environment() -> None:
     assert build_config(env={"ANALYTICS_QUEUE_BEFORE_SEND": "os.system"}).before_send is None
+
+
+def test_every_option_is_a_parameter_of_the_constructor() -> None:
+    parameters = inspect.signature(AnalyticsQueue.__init__).parameters
+    assert set(OPTIONS_BY_NAME) <= set(parameters)

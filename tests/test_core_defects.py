@@ -13,12 +13,10 @@ import json
 import os
 import re
 import select
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -224,35 +222,71 @@ def test_track_racing_configure_never_loses_an_accepted_event(
 
 SIGTERM_SHUTDOWN_TIMEOUT = 2.0
 SIGTERM_RUNS = 100
-SIGTERM_PARALLEL = 3
+SIGTERM_SERVERS = 3
 
-# The child tracks in a tight loop with uuids it chooses in sequence; only after track() returned
+# A fork server: an interpreter that imported analytics_queue and its HTTP stack once, then forks
+# one child per run (starting 100 interpreters would cost a minute of imports on a busy machine).
+# Each child tracks in a tight loop with uuids it chooses in sequence; only after track() returned
 # True does it write the number accepted so far into a file it maps, so the file never claims an
-# event that track() did not accept, whatever instant the signal lands.
-TRACK_UNTIL_SIGTERM = f"""
-    import faulthandler, mmap, signal, sys, uuid
+# event that track() did not accept, whatever instant the signal lands. The server sends SIGTERM
+# once the child accepted its share, times the exit, and answers one JSON line per run.
+SIGTERM_FORK_SERVER = f"""
+    import faulthandler, json, mmap, os, select, signal, sys, time, uuid
     import analytics_queue
+    import analytics_queue.transport  # the HTTP stack, loaded once for every child
     from analytics_queue import AnalyticsQueue
 
-    faulthandler.register(signal.SIGUSR1)  # the test asks for the stacks of a hung child
-    run, ready_after, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    analytics_queue.install_sigterm_handler()
-    # A bounded queue keeps what the exit drain must send small even when this loop outruns
-    # the worker; a full queue refuses, and that path too is inside track().
-    q = AnalyticsQueue(
-        flush_interval=0.05,
-        shutdown_timeout={SIGTERM_SHUTDOWN_TIMEOUT},
-        max_queue_size=2000,
-    )
-    with open(path, "r+b") as file:
-        accepted_file = mmap.mmap(file.fileno(), 8)
-    accepted = 0
-    while True:
-        if q.track("sigterm_race", distinct_id="u", uuid=uuid.UUID(int=(run << 64) | accepted)):
-            accepted += 1
-            accepted_file[:8] = accepted.to_bytes(8, "little")
-            if accepted == ready_after:
-                print("ready", flush=True)
+    BUDGET = {SIGTERM_SHUTDOWN_TIMEOUT} + 1.0
+
+    def track_until_sigterm(run, ready_after, path, ready):
+        faulthandler.register(signal.SIGUSR1)  # the test asks for the stacks of a hung child
+        analytics_queue.install_sigterm_handler()
+        # A bounded queue keeps what the exit drain must send small even when this loop outruns
+        # the worker; a full queue refuses, and that path too is inside track().
+        q = AnalyticsQueue(
+            flush_interval=0.05, shutdown_timeout={SIGTERM_SHUTDOWN_TIMEOUT}, max_queue_size=2000
+        )
+        with open(path, "r+b") as file:
+            accepted_file = mmap.mmap(file.fileno(), 8)
+        accepted = 0
+        while True:
+            if q.track("sigterm_race", distinct_id="u", uuid=uuid.UUID(int=(run << 64) | accepted)):
+                accepted += 1
+                accepted_file[:8] = accepted.to_bytes(8, "little")
+                if accepted == ready_after:
+                    os.write(ready, b"r")
+
+    def one_run(run, ready_after, path, stderr_path):
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(ready_r)
+            os.dup2(os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+            track_until_sigterm(run, ready_after, path, ready_w)
+            os._exit(1)  # never reached: SIGTERM ends the loop with SystemExit
+        os.close(ready_w)
+        exited = os.pidfd_open(pid)
+        if not select.select([ready_r], [], [], 60)[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return dict(run=run, ready=False, killed=True, seconds=0.0, status=None)
+        os.kill(pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        killed = not select.select([exited], [], [], BUDGET)[0]
+        if killed:
+            os.kill(pid, signal.SIGUSR1)  # faulthandler prints the stacks
+            select.select([exited], [], [], 1)
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        seconds = time.monotonic() - signalled
+        os.close(exited)
+        os.close(ready_r)
+        return dict(run=run, ready=True, killed=killed, seconds=seconds, status=status)
+
+    for line in sys.stdin:
+        run, ready_after, path, stderr_path = line.split()
+        answer = one_run(int(run), int(ready_after), path, stderr_path)
+        os.write(1, (json.dumps(answer) + "\\n").encode())
 """
 
 
@@ -261,66 +295,53 @@ class SigtermRun:
     run: int
     accepted: int
     exit_seconds: float
-    returncode: int
+    status: int | None
     killed: bool
     stderr: str
 
 
-def sigterm_while_tracking(server: CaptureServer, run: int, workdir: Path) -> SigtermRun:
-    """One child: SIGTERM once it accepted a random number of events, then time its exit."""
-    accepted_path = workdir / f"accepted-{run}"
-    accepted_path.write_bytes(bytes(8))
-    stderr_path = workdir / f"stderr-{run}"
-    ready_after = 100 + (run * 7919) % 3000  # spread the landing point over the loop
-    with stderr_path.open("w") as stderr:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                PREAMBLE + textwrap.dedent(TRACK_UNTIL_SIGTERM),
-                str(run),
-                str(ready_after),
-                str(accepted_path),
-            ],
-            env=child_env(server),
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-        assert process.stdout is not None
-        try:
-            readable, _, _ = select.select([process.stdout], [], [], 60)
-            assert readable, f"run {run}: the child never got ready"
-            assert process.stdout.readline().strip() == "ready", stderr_path.read_text()
-            process.send_signal(signal.SIGTERM)
-            signalled = time.monotonic()
-            budget = SIGTERM_SHUTDOWN_TIMEOUT + 1.0
-            killed = False
-            try:
-                process.wait(timeout=budget)
-            except subprocess.TimeoutExpired:
-                killed = True
-                process.send_signal(signal.SIGUSR1)  # faulthandler prints the stacks
-                try:
-                    process.wait(timeout=1)
-                except subprocess.TimeoutExpired:
-                    pass
-                process.kill()
-                process.wait(timeout=30)
-            exit_seconds = time.monotonic() - signalled
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=30)
-            process.stdout.close()
-    return SigtermRun(
-        run=run,
-        accepted=int.from_bytes(accepted_path.read_bytes()[:8], "little"),
-        exit_seconds=exit_seconds,
-        returncode=process.returncode,
-        killed=killed,
-        stderr=stderr_path.read_text(),
+def sigterm_runs(server: CaptureServer, runs: range, workdir: Path) -> list[SigtermRun]:
+    """Each run of ``runs`` on one fork server: SIGTERM once the child accepted its share."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", PREAMBLE + textwrap.dedent(SIGTERM_FORK_SERVER)],
+        env=child_env(server),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
+    assert process.stdin is not None and process.stdout is not None
+    results = []
+    try:
+        for run in runs:
+            accepted_path = workdir / f"accepted-{run}"
+            accepted_path.write_bytes(bytes(8))
+            stderr_path = workdir / f"stderr-{run}"
+            ready_after = 100 + (run * 7919) % 3000  # spread the landing point over the loop
+            process.stdin.write(f"{run} {ready_after} {accepted_path} {stderr_path}\n")
+            process.stdin.flush()
+            readable, _, _ = select.select([process.stdout], [], [], 120)
+            assert readable, f"run {run}: the fork server did not answer"
+            answer = json.loads(process.stdout.readline())
+            assert answer["ready"], f"run {run}: the child never got ready"
+            results.append(
+                SigtermRun(
+                    run=run,
+                    accepted=int.from_bytes(accepted_path.read_bytes()[:8], "little"),
+                    exit_seconds=answer["seconds"],
+                    status=answer["status"],
+                    killed=answer["killed"],
+                    stderr=stderr_path.read_text() if stderr_path.exists() else "",
+                )
+            )
+    finally:
+        process.stdin.close()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+        process.stdout.close()
+    return results
 
 
 @pytest.mark.slow
@@ -328,19 +349,23 @@ def sigterm_while_tracking(server: CaptureServer, run: int, workdir: Path) -> Si
 def test_sigterm_landing_inside_track_exits_within_budget_and_delivers(
     capture_server: CaptureServer, tmp_path: Path
 ) -> None:
-    # The exit status is not asserted: the handler chains a previous one or ends the process
-    # as SIGTERM's default action would, and what that status is belongs to the design.
-    with ThreadPoolExecutor(SIGTERM_PARALLEL) as pool:
-        runs = list(
-            pool.map(
-                lambda run: sigterm_while_tracking(capture_server, run, tmp_path),
-                range(SIGTERM_RUNS),
-            )
+    shares = [range(i, SIGTERM_RUNS, SIGTERM_SERVERS) for i in range(SIGTERM_SERVERS)]
+    with ThreadPoolExecutor(SIGTERM_SERVERS) as pool:
+        runs = sorted(
+            (
+                r
+                for share in pool.map(lambda s: sigterm_runs(capture_server, s, tmp_path), shares)
+                for r in share
+            ),
+            key=lambda r: r.run,
         )
+    assert [r.run for r in runs] == list(range(SIGTERM_RUNS))
     delivered = {u.lower() for u in capture_server.uuids()}
     budget = SIGTERM_SHUTDOWN_TIMEOUT + 1.0
     hung = [r for r in runs if r.killed]
     slow = [r for r in runs if not r.killed and r.exit_seconds > budget]
+    # Exited by SystemExit(143) from the handler, never by the signal's default action.
+    by_signal = [r for r in runs if not r.killed and r.status is not None and r.status & 0x7F]
     lost = {
         r.run: missing
         for r in runs
@@ -352,12 +377,13 @@ def test_sigterm_landing_inside_track_exits_within_budget_and_delivers(
     }
     report = (
         f"{len(hung)} of {SIGTERM_RUNS} runs hung past {budget} s and were killed; "
-        f"{len(slow)} exited late; {len(lost)} lost events (run: missing of accepted): "
+        f"{len(slow)} exited late; {len(by_signal)} died by the signal; {len(lost)} lost events "
+        "(run: missing of accepted): "
         + ", ".join(f"{run}: {n} of {runs[run].accepted}" for run, n in lost.items())
     )
     if hung:
         report += f"\nfirst hung run's stacks:\n{hung[0].stderr[-3000:]}"
-    assert not hung and not slow and not lost, report
+    assert not hung and not slow and not by_signal and not lost, report
     assert sum(r.accepted for r in runs) >= SIGTERM_RUNS * 100  # every run tracked before it
 
 

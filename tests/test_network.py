@@ -278,7 +278,7 @@ def test_an_unusable_proxy_keeps_the_app_up_with_one_clear_error(
     assert len(errors) == 1
     assert "HTTP_PROXY" in errors[0].getMessage() and expected in errors[0].getMessage()
     assert "topsecret" not in caplog.text
-    assert any("HTTP_PROXY" in reason for reason in health.reasons)
+    assert any("HTTP_PROXY" in reason.message for reason in health.reasons)
     assert capture_server.requests == []
 
 
@@ -379,7 +379,7 @@ def test_a_refused_connection_is_reported_as_refused_everywhere(
         finally:
             queue.shutdown(timeout=0.5)
     assert "refused" in (metrics.last_error or {}).get("message", "")
-    assert any("refused" in reason for reason in health.reasons)
+    assert any("refused" in reason.message for reason in health.reasons)
     assert any("refused" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
@@ -428,7 +428,7 @@ def test_a_redirect_is_not_followed_and_health_says_what_to_set() -> None:
     finally:
         server.close()
     assert queue.metrics().failed_by_reason == {"rejected_301": 1}
-    text = " ".join(health.reasons)
+    text = " ".join(reason.message for reason in health.reasons)
     assert "POSTHOG_HOST=https://eu.i.posthog.example" in text
     assert "token=abc" not in text
 

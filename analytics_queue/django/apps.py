@@ -16,57 +16,42 @@ from django.core import checks
 from django.core.signals import setting_changed
 
 import analytics_queue
-from analytics_queue.config import validate_options
+from analytics_queue.config import DJANGO_SETTINGS, OPTION_NAMES, OPTIONS_BY_NAME, validate_options
 
 logger = logging.getLogger(__name__)
 
 #: The settings this app reads; a change to any of them (``override_settings``) reconfigures.
-SETTING_NAMES: Final = (
-    "POSTHOG_API_KEY",
-    "POSTHOG_HOST",
-    "ANALYTICS_QUEUE",
-    "ANALYTICS_QUEUE_REQUEST_CONTEXT",
-    "ANALYTICS_QUEUE_REQUEST_CONTEXT_IP",
-)
-#: Top-level settings that give one option each (they win over the ``ANALYTICS_QUEUE`` dict).
-OPTION_SETTINGS: Final = {
-    "request_context": "ANALYTICS_QUEUE_REQUEST_CONTEXT",
-    "request_context_ip": "ANALYTICS_QUEUE_REQUEST_CONTEXT_IP",
-}
+SETTING_NAMES: Final = ("ANALYTICS_QUEUE", *DJANGO_SETTINGS)
 
 
 def options_from_settings() -> dict[str, Any]:
     """The AnalyticsQueue options that settings give, without the invalid ones (logged instead).
 
-    ``POSTHOG_API_KEY`` and ``POSTHOG_HOST`` (when set and not None) become ``api_key`` and
-    ``host``; the ``ANALYTICS_QUEUE`` dict gives the other options, and
-    ``ANALYTICS_QUEUE_REQUEST_CONTEXT`` / ``ANALYTICS_QUEUE_REQUEST_CONTEXT_IP`` (when set) give
-    ``request_context`` / ``request_context_ip``. A bad value is logged at
-    ERROR and left out, so the option falls back to its environment variable or default, like a
-    bad environment value does; ``manage.py check`` reports it as ``analytics_queue.E001``.
+    The ``ANALYTICS_QUEUE`` dict gives options by name; settings of their own
+    (``POSTHOG_API_KEY``, ``POSTHOG_HOST``, ``ANALYTICS_QUEUE_REQUEST_CONTEXT``...: the
+    ``django_setting`` of each option in :data:`analytics_queue.config.OPTIONS`) win over it when
+    set and not None. A bad value is logged at ERROR and left out, so the option falls back to
+    its environment variable or default, like a bad environment value does; ``manage.py check``
+    reports it as ``analytics_queue.E001``.
     """
     given: dict[str, Any] = {}
-    for option, setting in (("api_key", "POSTHOG_API_KEY"), ("host", "POSTHOG_HOST")):
-        value = getattr(settings, setting, None)
-        if value is not None:
-            given[option] = value
     raw = getattr(settings, "ANALYTICS_QUEUE", None) or {}
     if isinstance(raw, Mapping):
         for name, value in raw.items():
-            if name in ("api_key", "host"):
-                logger.error(
-                    "ignoring settings.ANALYTICS_QUEUE[%r]: set POSTHOG_%s instead",
-                    name,
-                    name.upper(),
-                )
-            else:
+            if name in OPTION_NAMES or name not in OPTIONS_BY_NAME:
                 given[name] = value
+            else:
+                logger.error(
+                    "ignoring settings.ANALYTICS_QUEUE[%r]: set %s instead",
+                    name,
+                    OPTIONS_BY_NAME[name].django_setting,
+                )
     else:
         logger.error(
             "ignoring settings.ANALYTICS_QUEUE: must be a dict of options, got %s",
             type(raw).__name__,
         )
-    for option, setting in OPTION_SETTINGS.items():
+    for setting, option in DJANGO_SETTINGS.items():
         value = getattr(settings, setting, None)
         if value is not None:
             given[option] = value

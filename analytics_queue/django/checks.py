@@ -13,14 +13,20 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
-from analytics_queue.config import OPTION_NAMES, Problem, validate_options
+from analytics_queue.config import (
+    DJANGO_SETTINGS,
+    OPTION_NAMES,
+    OPTIONS_BY_NAME,
+    Problem,
+    validate_options,
+)
 from analytics_queue.django.views import GUARD_SETTING, resolve_guard
 
 
 def _hint(problem: Problem, name: str) -> str:
     if problem.message == "unknown option":
-        if name in ("api_key", "host"):
-            return f"Set POSTHOG_{name.upper()} in settings instead."
+        if name in OPTIONS_BY_NAME:
+            return f"Set {OPTIONS_BY_NAME[name].django_setting} in settings instead."
         close = difflib.get_close_matches(name, OPTION_NAMES, n=1)
         guess = f"Did you mean {close[0]!r}? " if close else ""
         return guess + "The options are: " + ", ".join(OPTION_NAMES) + "."
@@ -36,7 +42,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         (events are then logged, not sent) unless analytics is disabled.
     """
     messages: list[CheckMessage] = []
-    for option, setting in (("api_key", "POSTHOG_API_KEY"), ("host", "POSTHOG_HOST")):
+    for setting, option in DJANGO_SETTINGS.items():
         for problem in validate_options({option: getattr(settings, setting, None)}):
             messages.append(
                 Error(
@@ -56,7 +62,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         )
         raw = {}
     for name, value in raw.items():
-        if name in ("api_key", "host"):
+        if name in OPTIONS_BY_NAME and name not in OPTION_NAMES:
             messages.append(
                 Error(
                     f"settings.ANALYTICS_QUEUE: {name!r} is not read from this dict",

@@ -55,7 +55,28 @@ This package needs only the standard library.
 
 from __future__ import annotations
 
-from ._records import CapturedEvent, CapturedRequest
-from ._server import CaptureServer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._records import CapturedEvent, CapturedRequest
+    from ._server import CaptureServer
 
 __all__ = ["CaptureServer", "CapturedEvent", "CapturedRequest"]
+
+# Loaded on first use (PEP 562), so that the pytest plugin, a submodule of this package, can be
+# imported without the server.
+_LAZY = {"CaptureServer": "._server", "CapturedEvent": "._records", "CapturedRequest": "._records"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -3,9 +3,10 @@
 Installed with analytics_queue and registered through the ``pytest11`` entry point, so any test
 suite of a project that depends on analytics_queue can use it without a ``conftest.py``::
 
-    def test_signup_is_tracked(capture_server, client_factory):
-        app = create_app(POSTHOG_HOST=capture_server.url, POSTHOG_API_KEY="phc_test")
-        app.test_client().post("/signup", data={"email": "a@example.com"})
+    def test_signup_is_tracked(capture_server):
+        analytics = AnalyticsQueue(api_key="phc_test", host=capture_server.url)
+        analytics.track("user_signed_up", distinct_id="user-1")
+        analytics.flush()
         [event] = capture_server.wait_for(1)
         assert event.event == "user_signed_up"
 
@@ -14,6 +15,9 @@ To build the server with constructor arguments, parametrize the fixture indirect
     @pytest.mark.parametrize("capture_server", [{"api_keys": {"phc_test"}}], indirect=True)
     def test_wrong_key_is_refused(capture_server): ...
 
+The plugin's module imports only pytest: the server is imported when a test first asks for the
+fixture, so the plugin costs next to nothing in the runs that never use it.
+
 Thread safety: the fixture's server is a `CaptureServer`, safe to share with the threads of the
 code under test.
 """
@@ -21,11 +25,12 @@ code under test.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ._server import CaptureServer
+if TYPE_CHECKING:
+    from ._server import CaptureServer
 
 __all__ = ["capture_server"]
 
@@ -42,6 +47,10 @@ def capture_server(request: pytest.FixtureRequest) -> Iterator[CaptureServer]:
 
     Indirect parametrization passes a dict of keyword arguments to `CaptureServer`.
     """
+    # Imported here, not at module level: pytest loads this plugin in every run of a project
+    # that has analytics_queue installed, and most of those runs never use the fixture.
+    from ._server import CaptureServer
+
     kwargs: dict[str, Any] = dict(getattr(request, "param", None) or {})
     server = CaptureServer(**kwargs)
     server.start()

@@ -5,8 +5,10 @@
 timing of each step. The analytics mode, per app (``ANALYTICS_MODE``) or per request
 (``?analytics=``), is ``async`` (analytics_queue), ``blocking`` (one synchronous PostHog request
 per event, the old pattern) or ``off``, so the three can be compared side by side. ``GET /`` is a
-page to try it in a browser; ``/analytics/health`` and ``/analytics/metrics`` come from
-``analytics_queue.flask``.
+page to try it in a browser; it reads ``GET /demo/timings`` (the median timings of each mode over
+every request the app served) and ``GET /demo/queue`` (the analytics of every worker process,
+summed; see :mod:`examples.flask_app.workers`). ``/analytics/health`` and ``/analytics/metrics``
+come from ``analytics_queue.flask`` and answer for the one process that serves them.
 
 Run it::
 
@@ -31,7 +33,8 @@ from flask import Flask
 
 from examples.flask_app import db
 from examples.flask_app.tracking import BLOCKING_KEY, MODES, BlockingSender, analytics
-from examples.flask_app.views import bp
+from examples.flask_app.views import PUBLISHER_KEY, bp
+from examples.flask_app.workers import SnapshotPublisher
 
 __all__ = ["ENV_KEYS", "MODES", "create_app", "shutdown_app"]
 
@@ -84,11 +87,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions[BLOCKING_KEY] = BlockingSender(
         queue.config.api_key, queue.config.host, timeout=queue.config.timeout
     )
+    publisher = SnapshotPublisher(app.config["DATABASE"], lambda: queue.health().to_dict())
+    publisher.arm()  # gunicorn --preload: each forked worker publishes its own snapshot
+    app.extensions[PUBLISHER_KEY] = publisher
     app.register_blueprint(bp)
     return app
 
 
 def shutdown_app(app: Flask, timeout: float | None = None) -> bool:
     """Flush and stop the app's analytics (both modes); True when everything was delivered."""
+    app.extensions[PUBLISHER_KEY].stop()
     app.extensions[BLOCKING_KEY].shutdown()
     return analytics.get_queue(app).shutdown(timeout)

@@ -9,7 +9,7 @@
    the OS picks (passed to gunicorn as ``--bind fd://N``: no free-port guessing, no race).
 3. Sends story requests in each mode (``async``, ``blocking``, ``off``) with a short generation
    time, and prints p50/p95 route latency per mode, the time ``track()`` took, the events the
-   capture server received and the health the workers report.
+   capture server received and the health every worker reports.
 4. Keeps serving at the printed URL until Ctrl-C (``--once``: exits after the table).
 
 Installs nothing: ``make demo`` has installed the project with its dev extra first. Exits 0
@@ -253,22 +253,19 @@ def run_mode(base: str, mode: str, count: int, concurrency: int) -> ModeResult:
     return result
 
 
-def worker_health(base: str, tries: int) -> dict[str, str]:
-    """The health each worker reported, by pid (whichever workers answer these requests)."""
+def worker_health(base: str) -> dict[str, str]:
+    """The health of every worker process, by pid, as the app's ``/demo/queue`` reports it."""
+    status, _, body = http("GET", f"{base}/demo/queue")
+    if not isinstance(body, dict):
+        return {"?": f"HTTP {status}"}
     seen: dict[str, str] = {}
-    for _ in range(tries):
-        status, headers, body = http("GET", f"{base}/analytics/health")
-        pid = headers.get("X-Worker-Pid", "?")
-        if isinstance(body, dict):
-            reasons = "; ".join(body.get("reasons", []))
-            metrics = body.get("metrics", {})
-            seen[pid] = (
-                f"{body.get('status')} (HTTP {status}, {body.get('mode')} mode, "
-                f"delivered {metrics.get('delivered')}, failed {metrics.get('failed')}, "
-                f"queue size {metrics.get('queue_size')})" + (f": {reasons}" if reasons else "")
-            )
-        else:
-            seen[pid] = f"HTTP {status}"
+    for worker in body["workers"]:
+        reasons = "; ".join(worker["reasons"])
+        seen[str(worker["pid"])] = (
+            f"{worker['status']} ({worker['mode']} mode, delivered {worker['delivered']}, "
+            f"failed {worker['failed']}, queue size {worker['queue_size']})"
+            + (f": {reasons}" if reasons else "")
+        )
     return seen
 
 
@@ -404,9 +401,10 @@ def run(args: argparse.Namespace) -> int:
         say()
         print_table(results, local)
         say()
-        for pid, verdict in sorted(worker_health(base, tries=2 * args.workers).items()):
+        for pid, verdict in sorted(worker_health(base).items()):
             say(f"health of worker {pid}: {verdict}")
-        say("(each gunicorn worker has its own queue: the workers that answered are shown)")
+        say("(each gunicorn worker has its own queue; each writes its health to the app's")
+        say(" database every second, and /demo/queue reads them all)")
 
         ok = True
         for r in results:
@@ -420,7 +418,8 @@ def run(args: argparse.Namespace) -> int:
             return 0 if ok else 1
 
         say()
-        say(f"The demo is serving at {base}/ — open it in a browser. Ctrl-C to stop.")
+        say(f"The demo is serving at {base}/ — open it in a browser: the bars and the timings")
+        say("include the requests above, the queue panel sums every worker. Ctrl-C to stop.")
         if capture is not None:
             capture.echo = True
         try:

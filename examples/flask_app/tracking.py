@@ -21,6 +21,13 @@ logger = logging.getLogger(__name__)
 
 MODES: Final = ("async", "blocking", "off")
 
+#: What each mode uses, for people.
+MODE_LABELS: Final = {
+    "async": "analytics_queue",
+    "blocking": "posthog-python, sync_mode=True",
+    "off": "no analytics (the baseline)",
+}
+
 #: Where the BlockingSender of an app is kept, in ``app.extensions``.
 BLOCKING_KEY: Final = "story_demo_blocking"
 

@@ -1,18 +1,23 @@
-"""The demo's routes: the page and ``POST /stories``."""
+"""The demo's routes: the page, ``POST /stories`` and the page's two data sources."""
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Final
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
 from examples.flask_app import db
 from examples.flask_app.story import generate_story
-from examples.flask_app.tracking import BLOCKING_KEY, MODES, track
+from examples.flask_app.tracking import BLOCKING_KEY, MODE_LABELS, MODES, track
+from examples.flask_app.workers import SnapshotPublisher, whole_app
 
 bp = Blueprint("stories", __name__)
+
+#: Where the SnapshotPublisher of an app is kept, in ``app.extensions``.
+PUBLISHER_KEY: Final = "story_demo_publisher"
+_NO_CACHE: Final = {"Cache-Control": "no-store"}
 
 MAX_TOPIC_LENGTH = 200
 
@@ -25,6 +30,18 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
+def _publisher() -> SnapshotPublisher:
+    publisher = current_app.extensions[PUBLISHER_KEY]
+    assert isinstance(publisher, SnapshotPublisher)
+    return publisher
+
+
+@bp.before_app_request
+def _publish_snapshots() -> None:
+    # A process that was not forked from the one that built the app starts publishing here.
+    _publisher().ensure_started()
+
+
 @bp.after_app_request
 def _served_by(response: Response) -> Response:
     # Each gunicorn worker has its own queue: say which one answered.
@@ -35,7 +52,10 @@ def _served_by(response: Response) -> Response:
 @bp.get("/")
 def index() -> str:
     return render_template(
-        "index.html", modes=MODES, default_mode=current_app.config["ANALYTICS_MODE"]
+        "index.html",
+        modes=MODES,
+        labels=MODE_LABELS,
+        default_mode=current_app.config["ANALYTICS_MODE"],
     )
 
 
@@ -79,15 +99,33 @@ def create_story() -> tuple[Response, int]:
         },
     )
     t3 = time.perf_counter()
+    timings = {
+        "generate": _ms(t1 - t0),
+        "save": _ms(t2 - t1),
+        "track": _ms(t3 - t2),
+        "total": _ms(t3 - started),
+    }
+    db.save_timings(current_app.config["DATABASE"], analytics_mode=mode, timings_ms=timings)
     body = {
         "id": story_id,
         "story": story,
         "analytics": {"mode": mode, "tracked": tracked},
-        "timings_ms": {
-            "generate": _ms(t1 - t0),
-            "save": _ms(t2 - t1),
-            "track": _ms(t3 - t2),
-            "total": _ms(t3 - started),
-        },
+        "timings_ms": timings,
     }
     return jsonify(body), 201
+
+
+@bp.get("/demo/timings")
+def timings() -> tuple[Response, int, dict[str, str]]:
+    """Per mode: requests served and median timings (ms), over every worker process."""
+    summary = db.timing_summary(current_app.config["DATABASE"], MODES)
+    return jsonify(summary), 200, _NO_CACHE
+
+
+@bp.get("/demo/queue")
+def queue() -> tuple[Response, int, dict[str, str]]:
+    """The analytics of every worker process, and their sum (see ``workers.whole_app``)."""
+    _publisher().publish()  # this process's figures are current; the others' at most 1 s old
+    body = whole_app(current_app.config["DATABASE"])
+    body["served_by"] = os.getpid()
+    return jsonify(body), 200, _NO_CACHE
