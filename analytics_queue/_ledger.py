@@ -1,13 +1,18 @@
 """The ledger: where every accepted event is until it reaches a final state.
 
 An accepted event is in exactly one place: waiting in the buffer, in flight (taken by a step of
-the worker), in the retry line, or final (delivered or failed, counted in the metrics by the
-worker). Each event taken from the buffer gets a sequence number; the *low-water mark* is the
+the worker), in the retry line, final (delivered or failed, counted in the metrics by the
+worker), or *spooled*: handed to the on-disk spool, which keeps it for this process or another
+to send. Spooled is a state, not a failure. Events can also enter from the spool (*replayed*),
+so the accounting reads ``accepted + replayed == delivered + failed + spooled + unfinished``.
+
+Each event taken from the buffer gets a sequence number; the *low-water mark* is the
 smallest number not yet final. ``flush()`` waits until the low-water mark passes the number of
 events accepted before it was called, so events tracked later never delay it.
 
 A :class:`Batch` is what one step holds. Each of its events leaves it by exactly one of
-:meth:`Ledger.settle` (final) or :meth:`Ledger.requeue` (back to the retry line);
+:meth:`Ledger.settle` (final), :meth:`Ledger.requeue` (back to the retry line) or
+:meth:`Ledger.spill` (to the spool);
 :meth:`Ledger.close` ends the batch and reports any event a bug left unaccounted.
 
 Thread safety: one lock guards every method; the buffer's mutex is taken inside it, never the
@@ -19,23 +24,33 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from analytics_queue._buffer import EventBuffer
 from analytics_queue.event import QueuedEvent
 
 
 class Pending(NamedTuple):
-    """One serialized event that is not final yet."""
+    """One serialized event that is not final yet.
+
+    ``row``: its row id in the spool once written there (None: in memory only). Events
+    replayed from the spool have ``seq`` :data:`REPLAYED`: they were accepted elsewhere.
+    """
 
     seq: int
     data: bytes
     tracked_at: float
+    row: int | None = None
+
+
+#: The sequence number of an event taken from the spool.
+REPLAYED: Final = -1
 
 
 @dataclass(slots=True, eq=False)
 class Batch:
-    """What one step took: events from the retry line (serialized) and from the buffer (not yet).
+    """What one step took: events from the retry line (serialized) and from the buffer (not yet),
+    and events replayed from the spool (serialized, oldest of all).
 
     ``first_seq`` is the sequence number of ``fresh[0]``; ``open`` counts the events still held.
     """
@@ -44,20 +59,25 @@ class Batch:
     fresh: list[QueuedEvent]
     first_seq: int
     low: int
+    replayed: list[Pending] = field(default_factory=list)
     open: int = field(init=False)
     oldest_tracked_at: float | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self.open = len(self.retried) + len(self.fresh)
+        self.open = len(self.replayed) + len(self.retried) + len(self.fresh)
         stamps = [events[0].tracked_at for events in (self.retried, self.fresh) if events]
         self.oldest_tracked_at = min(stamps) if stamps else None
 
 
 class Totals(NamedTuple):
-    """Events ever accepted, and those not final yet (waiting, in flight, retry line)."""
+    """Events ever accepted, those not final yet (waiting, in flight, retry line), those handed
+    to the spool and those taken from it: ``accepted + replayed == final + spooled + unfinished``.
+    """
 
     accepted: int
     unfinished: int
+    spooled: int = 0
+    replayed: int = 0
 
 
 class PendingWork(NamedTuple):
@@ -83,13 +103,20 @@ class Ledger:
         self._in_flight: dict[Batch, None] = {}
         self._in_flight_count = 0
         self._waiters: list[tuple[int, threading.Lock]] = []
+        self._spooled = 0
+        self._replayed = 0
 
     # -- reads ------------------------------------------------------------------------------
 
     def totals(self) -> Totals:
         with self._lock:
             waiting = self._buffer.qsize()
-            return Totals(self._taken + waiting, waiting + len(self._retry) + self._in_flight_count)
+            return Totals(
+                self._taken + waiting,
+                waiting + len(self._retry) + self._in_flight_count,
+                self._spooled,
+                self._replayed,
+            )
 
     def pending(self) -> PendingWork:
         """What waits to be sent (in the buffer and the retry line)."""
@@ -161,14 +188,19 @@ class Ledger:
 
     # -- one step's events ------------------------------------------------------------------
 
-    def take(self, limit: int) -> Batch:
-        """Take up to ``limit`` events: the retry line first, then the buffer."""
+    def take(self, limit: int, replayed: list[Pending] | None = None) -> Batch:
+        """Take up to ``limit`` events: ``replayed`` (taken from the spool by the caller) first,
+        then the retry line, then the buffer."""
+        replayed = replayed or []
         with self._lock:
+            self._replayed += len(replayed)
+            limit -= len(replayed)
             retried = [self._retry.popleft() for _ in range(min(len(self._retry), limit))]
             fresh = self._buffer.take(limit - len(retried))
             first = self._taken
             self._taken += len(fresh)
-            batch = Batch(retried, fresh, first, retried[0].seq if retried else first)
+            low = retried[0].seq if retried else first
+            batch = Batch(retried, fresh, first, low, replayed)
             if batch.open:
                 self._in_flight[batch] = None
                 self._in_flight_count += batch.open
@@ -189,6 +221,13 @@ class Ledger:
                 self._retry.extendleft(reversed(pendings))
             else:  # two batches in flight came back out of order: keep the line sorted
                 self._retry = deque(sorted([*pendings, *self._retry]))
+
+    def spill(self, batch: Batch, count: int) -> None:
+        """``count`` events of ``batch`` were handed to the spool: kept there, not in memory."""
+        if count:
+            with self._lock:
+                self._leave(batch, count)
+                self._spooled += count
 
     def close(self, batch: Batch) -> int:
         """End ``batch``; returns how many of its events were left unaccounted (a bug)."""

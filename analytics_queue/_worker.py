@@ -7,7 +7,11 @@ The pump owns the thread and the waiting; the decisions belong to the others:
   means (backoff, Retry-After, flush cuts, the stop deadline, splitting, the requeue limit);
 - the :class:`~analytics_queue._ledger.Ledger` says where every event is (sequence numbers,
   in flight, the retry line) and releases ``flush()`` callers;
-- the :class:`~analytics_queue.metrics.Counters` receive every attempt and every final state.
+- the :class:`~analytics_queue.metrics.Counters` receive every attempt and every final state;
+- the optional :class:`~analytics_queue._spool_keeper.SpoolKeeper` keeps events on disk: each
+  batch is written before its first send and removed once acknowledged; what fails, what
+  waits while PostHog is down and what is left at exit is handed over to it, and it is replayed
+  oldest first. The hooks are the ``_spool_*`` methods and :meth:`Worker._put_back`.
 
 One step (take, serialize, send, account) runs at a time under ``_send_lock``: on the worker
 thread or, when no worker thread is alive in this process, on the thread that calls ``flush()``
@@ -40,6 +44,7 @@ from analytics_queue._buffer import EventBuffer
 from analytics_queue._delivery import Decision, DeliveryPolicy, Verdict
 from analytics_queue._guard import guarded, inside
 from analytics_queue._ledger import Batch, Ledger, Pending, Totals
+from analytics_queue._spool_keeper import SpoolKeeper
 from analytics_queue.errors import RefusedError
 from analytics_queue.event import EventEncoder
 from analytics_queue.metrics import Counters, ErrorRecord
@@ -59,8 +64,13 @@ MAX_BATCH_BYTES: Final = 1024 * 1024
 HANDOFF_INTERVAL: Final = 0.0003
 #: How long the worker rests after an unexpected error in its loop.
 ERROR_PAUSE: Final = 1.0
-#: Builds a NamedTuple without its constructor's Python frame (once per event).
-_new_tuple: Final[Any] = tuple.__new__
+#: With a spool, while backing off, what waits in the buffer goes to disk this often, seconds:
+#: the buffer never fills during an outage.
+SPOOL_WHILE_DOWN_EVERY: Final = 0.25
+#: With a spool, this share of the exit budget (at most SPOOL_EXIT_RESERVE_MAX seconds) is kept
+#: for writing what is left to disk.
+SPOOL_EXIT_RESERVE: Final = 0.2
+SPOOL_EXIT_RESERVE_MAX: Final = 1.0
 
 
 class Worker:
@@ -81,6 +91,7 @@ class Worker:
         rng: the random source for backoff jitter.
         clock: wall-clock seconds (``time.time``): the clock of ``tracked_at``.
         monotonic: the clock of deadlines and backoff.
+        spool: keeps events on disk (None: memory only).
     """
 
     def __init__(
@@ -99,8 +110,10 @@ class Worker:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        spool: SpoolKeeper | None = None,
     ) -> None:
         self.buffer = buffer
+        self.spool = spool
         self.ledger = Ledger(buffer)
         self._policy = DeliveryPolicy(
             batch_size=batch_size,
@@ -179,6 +192,9 @@ class Worker:
         """
         with guarded():
             self.buffer.close()
+            if self.spool is not None:  # keep time to write what is left to disk
+                budget = max(0.0, deadline - self._monotonic())
+                deadline -= min(SPOOL_EXIT_RESERVE_MAX, budget * SPOOL_EXIT_RESERVE)
             with self._state:
                 self._policy.stop(deadline)
         self._interrupt.set()
@@ -191,6 +207,7 @@ class Worker:
             thread.join(max(0.0, deadline - self._monotonic()))
         else:
             self._run_here(deadline, target=None)
+            self._spool_rest()
         return self.totals().unfinished == 0
 
     def flush(self, deadline: float) -> bool:
@@ -244,8 +261,14 @@ class Worker:
                 self._interrupt.clear()
                 decision = self._decide()
                 if decision.stop:
+                    self._spool_rest()
                     return
                 if not decision.send:
+                    if self.spool is not None:
+                        self._spool_before_wait()
+                    if decision.backing_off and self.spool is not None:
+                        self._spool_while_down(decision.seconds)
+                        continue
                     (self._interrupt if decision.backing_off else self.wake).wait(decision.seconds)
                     continue
                 with self._send_lock:
@@ -256,6 +279,13 @@ class Worker:
 
     def _run_here(self, deadline: float, target: int | None) -> bool:
         """Send on the calling thread until ``target`` (or everything) is final or ``deadline``."""
+        try:
+            return self._run_here_steps(deadline, target)
+        finally:
+            if self.spool is not None:
+                self.spool.settle()  # delete what was delivered before returning
+
+    def _run_here_steps(self, deadline: float, target: int | None) -> bool:
         pause = threading.Event()
         with guarded():
             while True:
@@ -287,19 +317,76 @@ class Worker:
 
     def _decide(self) -> Decision:
         work = self.ledger.pending()
+        pending, retrying = work.events, work.retrying
+        with self._state:
+            stopping = self._policy.stopping
+        if self.spool is not None and not stopping:
+            replay = self.spool.waiting()  # rows on disk go as soon as sending is allowed
+            pending, retrying = pending + replay, retrying or replay > 0
         oldest = work.oldest_tracked_at
         age = None if oldest is None else self._clock() - oldest
         now = self._monotonic()
         with self._state:
-            return self._policy.decide(
-                now, pending=work.events, retrying=work.retrying, oldest_age=age
-            )
+            return self._policy.decide(now, pending=pending, retrying=retrying, oldest_age=age)
+
+    # -- the spool's hooks ------------------------------------------------------------------
+
+    def _spool_before_wait(self) -> None:
+        """Before the pump rests with nothing to send, delete the rows of what was delivered.
+
+        While events wait, the next write-ahead deletes them in its own transaction instead.
+        """
+        assert self.spool is not None
+        if self.ledger.pending().events == 0:
+            with self._send_lock:
+                self.spool.settle()
+
+    def _spool_while_down(self, seconds: float) -> None:
+        """While backing off: wait a little, then move what waits in the buffer to disk."""
+        self._interrupt.wait(min(seconds, SPOOL_WHILE_DOWN_EVERY))
+        with self._send_lock:
+            self._spool_waiting()
+
+    def _spool_rest(self) -> None:
+        """At the end of the drain: everything still held in memory goes to disk."""
+        if self.spool is not None and self._send_lock.acquire(timeout=SPOOL_EXIT_RESERVE_MAX):
+            try:
+                self._spool_waiting()
+                self.spool.close()
+            finally:
+                self._send_lock.release()
+
+    def _spool_waiting(self) -> None:
+        """Hand the retry line and the buffer over to the spool, a batch at a time."""
+        while True:
+            batch = self.ledger.take(MAX_BATCH_EVENTS)
+            left: list[Pending] = []
+            try:
+                if not batch.open:
+                    return
+                left = self._put_back(batch, batch.retried + self._encode(batch))
+                self.ledger.requeue(batch, left)
+            finally:
+                lost = self.ledger.close(batch)
+                if lost:
+                    self._counters.fail("internal_error", lost)
+            if left:
+                return  # the file refused them: they wait in memory
+
+    def _put_back(self, batch: Batch, pendings: list[Pending]) -> list[Pending]:
+        """Hand ``pendings`` to the spool when there is one; returns those left in memory."""
+        if self.spool is None or not pendings:
+            return pendings
+        left = self.spool.keep(pendings)
+        self.ledger.spill(batch, len(pendings) - len(left))
+        return left
 
     # -- one step: take, serialize, send, account -------------------------------------------
 
     def _step(self) -> None:
         self._handoff_at = time.perf_counter() + HANDOFF_INTERVAL  # the thread just woke
-        batch = self.ledger.take(MAX_BATCH_EVENTS)
+        replayed = self._spool_claim()
+        batch = self.ledger.take(MAX_BATCH_EVENTS, replayed)
         self._counters.observe_queue_size(batch.open + self.buffer.qsize())
         prepared: Any = None  # a body the transport prepared ahead
         part: list[Pending] = []
@@ -324,9 +411,11 @@ class Worker:
 
     def _serialize(self, batch: Batch) -> list[Pending]:
         """The events of ``batch`` to send now; those past the byte limit go to the retry line."""
-        pendings = batch.retried + self._encode(batch)
+        pendings = batch.replayed + batch.retried + self._encode(batch)
         part, overflow = _cut_by_bytes(pendings)
-        self.ledger.requeue(batch, overflow)
+        self.ledger.requeue(batch, self._put_back(batch, overflow))
+        if part and self.spool is not None:
+            part = self.spool.write_ahead(part)
         return part
 
     def _close(self, batch: Batch) -> None:
@@ -349,7 +438,7 @@ class Worker:
             healthy = self._policy.failures == 0
         if not healthy or not self._decide().send:
             return
-        batch = self.ledger.take(MAX_BATCH_EVENTS)
+        batch = self.ledger.take(MAX_BATCH_EVENTS, self._spool_claim())
         self._counters.observe_queue_size(batch.open + self.buffer.qsize())
         part: list[Pending] = []
         try:
@@ -363,21 +452,31 @@ class Worker:
             self._abandon(batch, part)
         self._close(batch)
 
-    def _abandon_ahead(self) -> None:
-        """Put the batch prepared ahead back in the retry line, unsent."""
+    def _abandon_ahead(self, *, spill: bool = False) -> None:
+        """Put the batch prepared ahead back in the retry line, unsent (``spill``: hand it to
+        the spool first, as at the stop deadline)."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
-            self._abandon(ahead.batch, ahead.part)
+            self._abandon(ahead.batch, ahead.part, spill=spill)
             self._close(ahead.batch)
 
-    def _abandon(self, batch: Batch, part: list[Pending]) -> None:
-        self.ledger.requeue(batch, part)
+    def _abandon(self, batch: Batch, part: list[Pending], *, spill: bool = False) -> None:
+        self.ledger.requeue(batch, self._put_back(batch, part) if spill else part)
 
     def _handoff(self) -> None:
         """A GIL hand-off, if this thread has run for HANDOFF_INTERVAL since it last waited."""
         if time.perf_counter() >= self._handoff_at:
             time.sleep(0)  # a waiting request thread runs now
             self._handoff_at = time.perf_counter() + HANDOFF_INTERVAL
+
+    def _spool_claim(self) -> list[Pending]:
+        """The oldest rows of the spool for this step (none while stopping)."""
+        if self.spool is None:
+            return []
+        with self._state:
+            if self._policy.stopping:
+                return []
+        return self.spool.claim(MAX_BATCH_EVENTS, MAX_BATCH_BYTES)
 
     def _encode(self, batch: Batch) -> list[Pending]:
         encoded: list[Pending] = []
@@ -388,7 +487,7 @@ class Worker:
             if clock() >= self._handoff_at:
                 self._handoff()
             try:
-                encoded.append(_new_tuple(Pending, (seq, encode(item), item.tracked_at)))
+                encoded.append(Pending(seq, encode(item), item.tracked_at))
             except RefusedError as exc:
                 refused[exc.reason] = refused.get(exc.reason, 0) + 1
                 logger.debug("analytics event not sent: %s", exc)
@@ -408,8 +507,9 @@ class Worker:
             if deadline is not None:
                 timeout = min(timeout, deadline - self._monotonic())
                 if timeout <= 0:
-                    self.ledger.requeue(batch, [p for sub in (part, *reversed(stack)) for p in sub])
-                    self._abandon_ahead()
+                    rest = [p for sub in (part, *reversed(stack)) for p in sub]
+                    self.ledger.requeue(batch, self._put_back(batch, rest))
+                    self._abandon_ahead(spill=True)
                     return
             result, seconds = self._attempt(part, timeout, body)
             verdict = DeliveryPolicy.judge(result, len(part))
@@ -421,6 +521,8 @@ class Worker:
                     delivery_seconds=sum(now - p.tracked_at for p in part),
                 )
                 self.ledger.settle(batch, len(part))
+                if self.spool is not None:
+                    self.spool.ack(part)
                 with self._state:
                     failures = self._policy.succeeded()
                 if failures:
@@ -436,6 +538,8 @@ class Worker:
             else:
                 reason = DeliveryPolicy.rejection_reason(result)
                 self._fail(batch, reason, len(part))
+                if self.spool is not None:
+                    self.spool.ack(part)
                 logger.warning(
                     "PostHog refused %d event(s) (%s): %s", len(part), reason, result.error
                 )
@@ -463,6 +567,11 @@ class Worker:
     def _retry_later(
         self, batch: Batch, part: list[Pending], rest: list[Pending], result: SendResult
     ) -> None:
+        # With a spool, the whole attempt goes to disk: nothing is dropped, no lease is held
+        # through the backoff; only what the file refused follows the requeue limit.
+        attempted = len(part)
+        part, rest = self._put_back(batch, part), self._put_back(batch, rest)
+        spooled = attempted - len(part)
         with self._state:
             again, dropped = self._policy.split_requeue(part)
             delay = self._policy.failed(self._monotonic(), result.retry_after)
@@ -474,10 +583,11 @@ class Worker:
         # One WARNING per outage, not one per attempt; the rest at DEBUG.
         logger.log(
             logging.WARNING if failures == 1 else logging.DEBUG,
-            "sending %d analytics event(s) failed (%s); %d will be retried %s, "
-            "%d dropped (requeue_limit)",
-            len(part),
+            "sending %d analytics event(s) failed (%s); %d kept in the spool, %d will be "
+            "retried %s, %d dropped (requeue_limit)",
+            attempted,
             result.error,
+            spooled,
             len(again),
             "before exit" if stopping else f"in {delay:.1f} s",
             len(dropped),

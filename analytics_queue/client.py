@@ -23,6 +23,7 @@ from typing import Any, Final
 from analytics_queue import _lifecycle
 from analytics_queue._buffer import BufferBytesFull, BufferClosed, EventBuffer
 from analytics_queue._guard import deferred, guarded, inside, run_deferred
+from analytics_queue._spool_keeper import SpoolKeeper
 from analytics_queue._uwsgi import in_master, uwsgi_problems
 from analytics_queue._worker import Worker
 from analytics_queue.builders import (
@@ -74,6 +75,8 @@ EVENT_OVERHEAD_BYTES: Final = 200
 LOCAL_MODE_REASON: Final = "no API key: events are logged, not sent"
 #: In uWSGI's master, track() sends on the caller at once, for at most this many seconds.
 UWSGI_MASTER_SEND_TIMEOUT: Final = 2.0
+#: The shortest lease a process holds on a spooled batch it sends, seconds.
+SPOOL_MIN_LEASE: Final = 60.0
 
 _UNSET: Final[Any] = object()
 _new_tuple: Final[Any] = tuple.__new__
@@ -113,6 +116,10 @@ class AnalyticsQueue:
         request_context: the Flask and Django integrations open a context per request (True).
         request_context_ip: ... and add the client's address as ``$ip`` (False: personal data).
         health_window: seconds of delivery history that health() judges (300.0).
+        spool_path: a SQLite file where events wait on disk through outages, restarts and
+            crashes (None: memory only). Only the worker thread touches it.
+        spool_max_bytes: past this many bytes in the spool its oldest events are dropped
+            (256 MiB).
         transport: a sender to use instead of PostHog's or the local one (tests, custom sinks).
         retry_policy: the backoff between failed attempts.
 
@@ -146,6 +153,8 @@ class AnalyticsQueue:
         before_send: Callable[[dict[str, Any]], Any] | None = None,
         request_context: bool | None = None,
         request_context_ip: bool | None = None,
+        spool_path: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int | None = None,
         transport: Transport | None = None,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
@@ -215,11 +224,20 @@ class AnalyticsQueue:
             timeout=config.timeout,
             shutdown_timeout=config.shutdown_timeout,
             retry_policy=self._retry_policy,
+            spool=self._make_spool(config),
         )
         # Last: a thread that sees this pid sees the new buffer and worker. track() takes its
         # fast path only while _ready is True: a started worker in this process, not shut
         # down, not disabled.
         self._pid = os.getpid()
+
+    @staticmethod
+    def _make_spool(config: Config) -> SpoolKeeper | None:
+        """The spool of this process (opened by the worker on first use), or None."""
+        if config.spool_path is None:
+            return None
+        lease = max(SPOOL_MIN_LEASE, 4 * config.timeout)  # well above one attempt
+        return SpoolKeeper(config.spool_path, max_bytes=config.spool_max_bytes, lease=lease)
 
     @property
     def pid(self) -> int:
@@ -631,13 +649,17 @@ class AnalyticsQueue:
     def metrics(self) -> Metrics:
         """A frozen snapshot of the delivery figures."""
         self._check_process()
-        queued, waiting = self._worker.totals()
+        totals = self._worker.totals()
+        spool = self._worker.spool
         with guarded():
             return self._counters.snapshot(
-                queued=queued,
-                queue_size=waiting,
+                queued=totals.accepted,
+                queue_size=totals.unfinished,
                 worker_alive=self._worker.alive,
                 extra_refusals={"reentrant": self._reentrant_refusals},
+                spooled=totals.spooled,
+                replayed=totals.replayed,
+                spool=None if spool is None else spool.figures(),
             )
 
     def health(self) -> Health:

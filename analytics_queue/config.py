@@ -27,6 +27,8 @@ from analytics_queue.event import shown_value
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST: Final = "https://us.i.posthog.com"
+#: The default bound of the spool file: past it, its oldest events are dropped.
+DEFAULT_SPOOL_MAX_BYTES: Final = 256 * 1024 * 1024
 ENV_PREFIX: Final = "ANALYTICS_QUEUE_"
 
 _UNSET: Final[Any] = object()
@@ -196,6 +198,19 @@ def _callable(value: object) -> Callable[[dict[str, Any]], Any] | None:
     return value
 
 
+def _optional_path(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"must be a path (str or os.PathLike) or None, got {value!r}")
+    text = os.fspath(value)
+    if not isinstance(text, str):
+        raise ValueError(f"must be a str path, got {value!r}")
+    if "\x00" in text:
+        raise ValueError("must not contain a NUL character")
+    return os.path.expanduser(text) if text.strip() else None
+
+
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
@@ -330,6 +345,19 @@ class Config:
         _bool_text,
         "add the client's $ip to the request context (personal data)",
         django_top_level=True,
+    )
+    spool_path: str | None = _option(
+        None,
+        _optional_path,
+        _text,
+        "a SQLite file where events wait on disk through outages, restarts and crashes; "
+        "none: memory only",
+    )
+    spool_max_bytes: int = _option(
+        DEFAULT_SPOOL_MAX_BYTES,
+        _positive_int,
+        _int_text,
+        "past this many bytes in the spool file its oldest events are dropped",
     )
 
     @property

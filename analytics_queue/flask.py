@@ -106,6 +106,8 @@ class FlaskAnalytics:
     - ``ANALYTICS_QUEUE_REQUEST_CONTEXT_IP``: False; True adds ``request.remote_addr`` as
       ``$ip`` (personal data: opt in knowingly).
     - ``ANALYTICS_QUEUE_HEALTH_WINDOW``: 300.0 seconds.
+    - ``ANALYTICS_QUEUE_SPOOL_PATH``: None (memory only); a SQLite file for the durable spool.
+    - ``ANALYTICS_QUEUE_SPOOL_MAX_BYTES``: 268435456 (256 MiB).
     - ``ANALYTICS_QUEUE_URL_PREFIX``: ``"/analytics"``, the prefix of the health and metrics
       routes; ``None`` registers no blueprint.
     - ``ANALYTICS_QUEUE_ENDPOINT_GUARD``: None (the routes answer anyone), or a callable (or its

@@ -18,7 +18,10 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:
+    from analytics_queue._spool_keeper import SpoolFigures
 
 #: How many recent errors are kept for metrics and health.
 RECENT_ERRORS: Final = 20
@@ -40,6 +43,14 @@ NO_WORKER: Final = "no_worker"
 SEND_FAILING: Final = "send_failing"
 DELIVERY_STALLED: Final = "delivery_stalled"
 LOCAL_MODE: Final = "local_mode"
+#: Health is critical once the oldest spooled event is this old, seconds ...
+SPOOL_CRITICAL_AGE: Final = 3600.0
+#: ... or the spool holds this share of its bound.
+SPOOL_CRITICAL_SHARE: Final = 0.9
+SPOOL_WAITING: Final = "spool_waiting"
+SPOOL_UNUSABLE: Final = "spool_unusable"
+SPOOL_MOVED_ASIDE: Final = "spool_moved_aside"
+SPOOL_DROPPED: Final = "spool_dropped"
 
 HealthStatus = Literal["healthy", "degraded", "critical"]
 Mode = Literal["posthog", "local"]
@@ -84,12 +95,19 @@ class Reason:
 class Metrics:
     """A consistent snapshot of one AnalyticsQueue's delivery figures.
 
-    At rest ``queued == delivered + failed + queue_size``: every accepted event is delivered,
-    failed (with a reason) or still waiting. ``delivery_rate`` and ``failure_rate`` are percents
-    of the events that reached a final state (100 and 0 before any did) over the process's
-    lifetime, leaving out the events the app dropped on purpose (reasons in
-    :data:`DELIBERATE_REASONS`, such as sampling in ``before_send``); the ``window_*`` figures are
-    the same over the last ``health_window`` seconds, and are what health judges.
+    At rest ``queued + replayed == delivered + failed + spooled + queue_size``: every accepted
+    event is delivered, failed (with a reason), spooled (kept on disk for this process or
+    another to send) or still waiting; events taken back from the spool (``replayed``) enter
+    the same way. Without a spool, ``spooled`` and ``replayed`` stay 0, and the accounting reads
+    ``queued == delivered + failed + queue_size``. ``delivery_rate`` and ``failure_rate`` are
+    percents of the events that reached a final state (100 and 0 before any did) over the
+    process's lifetime, leaving out the events the app dropped on purpose (reasons in
+    :data:`DELIBERATE_REASONS`, such as sampling in ``before_send``); the ``window_*`` figures
+    are the same over the last ``health_window`` seconds, and are what health judges.
+
+    ``spool`` describes the spool file (None without one): ``path``, ``active`` (False: memory
+    only, ``problem`` says why), ``rows``, ``bytes``, ``max_bytes``, ``oldest_age_s``,
+    ``dropped`` (by reason), ``problem`` and ``moved_to`` (where a corrupt file went).
     """
 
     queued: int
@@ -117,6 +135,9 @@ class Metrics:
     window_failed: int = 0
     window_delivery_rate: float = 100.0
     window_failure_rate: float = 0.0
+    spooled: int = 0
+    replayed: int = 0
+    spool: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
@@ -287,10 +308,14 @@ class Counters:
         queue_size: int,
         worker_alive: bool,
         extra_refusals: dict[str, int] | None = None,
+        spooled: int = 0,
+        replayed: int = 0,
+        spool: SpoolFigures | None = None,
     ) -> Metrics:
         """Freeze the counters together with the queue figures the caller read.
 
         ``extra_refusals``: refusals counted without this lock (re-entrant calls), by reason.
+        ``spooled``, ``replayed``: the ledger's spool totals; ``spool``: the file's figures.
         """
         now = self._clock()
         with self.lock:
@@ -331,7 +356,25 @@ class Counters:
                     100.0 * window_delivered / window_final if window_final else 100.0
                 ),
                 window_failure_rate=100.0 * window_failed / window_final if window_final else 0.0,
+                spooled=spooled,
+                replayed=replayed,
+                spool=None if spool is None else _spool_dict(spool),
             )
+
+
+def _spool_dict(figures: SpoolFigures) -> dict[str, Any]:
+    oldest = figures.oldest_tracked_at
+    return {
+        "path": figures.path,
+        "active": figures.active,
+        "rows": figures.rows,
+        "bytes": figures.bytes,
+        "max_bytes": figures.max_bytes,
+        "oldest_age_s": None if oldest is None else max(0.0, time.time() - oldest),
+        "dropped": dict(figures.dropped),
+        "problem": figures.problem,
+        "moved_to": figures.moved_to,
+    }
 
 
 def evaluate_health(
@@ -363,6 +406,10 @@ def evaluate_health(
         oldest_waiting_age: seconds since the oldest event not yet in a final state (waiting,
             in flight or to be retried) was tracked; None when none waits or it is unknown.
         flush_interval: the queue's ``flush_interval``; the stall check needs it.
+
+    With a spool: degraded while events wait in it, when it dropped events for its bound, or
+    when it is unusable (memory only); critical once its oldest event is
+    :data:`SPOOL_CRITICAL_AGE` old or it holds :data:`SPOOL_CRITICAL_SHARE` of its bound.
     """
     reasons: list[Reason] = []
     status: HealthStatus = "healthy"
@@ -423,9 +470,40 @@ def evaluate_health(
                 f"delivery stalled: the oldest waiting event was tracked "
                 f"{oldest_waiting_age:.0f} s ago ({intervals:.0f} flush intervals)",
             )
+    if m.spool is not None:
+        _judge_spool(m.spool, worsen)
     for note in notes:
         if note.code.startswith("uwsgi"):
             worsen("degraded", note.code, note.message)
         else:
             reasons.append(note)
     return Health(status=status, reasons=reasons, mode=mode, metrics=metrics)
+
+
+def _judge_spool(spool: dict[str, Any], worsen: Callable[[HealthStatus, str, str], None]) -> None:
+    if spool["problem"]:
+        worsen("degraded", SPOOL_UNUSABLE, f"{spool['problem']}; events are kept in memory only")
+    if spool["moved_to"]:
+        worsen(
+            "degraded",
+            SPOOL_MOVED_ASIDE,
+            f"a corrupt spool file was moved to {spool['moved_to']}",
+        )
+    rows, age = spool["rows"], spool["oldest_age_s"]
+    if rows:
+        waited = "" if age is None else f", the oldest {age:.0f} s old"
+        if age is not None and age >= SPOOL_CRITICAL_AGE:
+            worsen("critical", SPOOL_WAITING, f"{rows} events wait in the spool{waited}")
+        elif spool["bytes"] >= SPOOL_CRITICAL_SHARE * spool["max_bytes"]:
+            worsen(
+                "critical",
+                SPOOL_WAITING,
+                f"the spool holds {spool['bytes']} of its {spool['max_bytes']} bytes",
+            )
+        else:
+            worsen("degraded", SPOOL_WAITING, f"{rows} events wait in the spool{waited}")
+    dropped = sum(spool["dropped"].values())
+    if dropped:
+        worsen(
+            "degraded", SPOOL_DROPPED, f"the spool dropped its {dropped} oldest events (size bound)"
+        )

@@ -4,8 +4,11 @@ The server keeps no events (`record=False`): an `on_batch` callback counts the r
 events it accepted, so that 100,000-event runs cost it neither memory nor time. Prints
 `READY <url>`, then answers each command with one JSON line:
 
-    stats                 {"requests": n, "events": n, "statuses": {...}} since the last reset
+    stats                 {"requests": n, "events": n, "statuses": {...}, "unique": n,
+                          "duplicates": n} since the last reset (unique and duplicate uuids)
     reset                 counts start again from zero
+    fail <status>         answer every capture request with <status> (an outage) until `clear`
+    clear                 answer normally again
     wait <events> <timeout>   returns when `events` events arrived (or at the timeout), with stats
     quit                  stops the server and exits
 
@@ -32,6 +35,8 @@ class Counter:
         self.requests = 0
         self.events = 0
         self.statuses: dict[str, int] = {}
+        self.uuids: set[str] = set()
+        self.duplicates = 0
 
     def __call__(self, request: CapturedRequest) -> None:
         with self.lock:
@@ -39,6 +44,13 @@ class Counter:
             self.events += request.accepted
             key = str(request.status)
             self.statuses[key] = self.statuses.get(key, 0) + 1
+            if request.accepted:
+                for raw in request.raw_events:
+                    uuid = raw.get("uuid")
+                    if isinstance(uuid, str):
+                        if uuid in self.uuids:
+                            self.duplicates += 1
+                        self.uuids.add(uuid)
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -46,6 +58,8 @@ class Counter:
                 "requests": self.requests,
                 "events": self.events,
                 "statuses": dict(self.statuses),
+                "unique": len(self.uuids),
+                "duplicates": self.duplicates,
             }
 
     def reset(self) -> None:
@@ -53,6 +67,8 @@ class Counter:
             self.requests = 0
             self.events = 0
             self.statuses = {}
+            self.uuids = set()
+            self.duplicates = 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
                 deadline = time.monotonic() + timeout
                 while counter.snapshot()["events"] < want and time.monotonic() < deadline:
                     time.sleep(0.02)
+                reply(counter.snapshot())
+            elif cmd == "fail":
+                server.fail_with(int(words[1]))
+                reply(counter.snapshot())
+            elif cmd == "clear":
+                server.clear_faults()
                 reply(counter.snapshot())
             elif cmd == "quit":
                 break

@@ -279,6 +279,10 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                 (),
             ),
         ]
+    if results.get("spool", {}).get("summary"):
+        from benchmarks import spool
+
+        goals += spool.goals(results["spool"], _goal)
     return goals
 
 
@@ -598,6 +602,10 @@ def render_markdown(results: dict[str, Any], goals: list[dict[str, Any]]) -> str
         out += ["## 7. Import cost: `import analytics_queue` and the pytest plugin", ""]
         out += render_import_cost(results["import_cost"])
         out.append("")
+    if results.get("spool", {}).get("summary"):
+        from benchmarks import spool
+
+        out += spool.markdown(results["spool"])
 
     profiles = results.get("profiles", {})
     if profiles:

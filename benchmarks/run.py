@@ -28,7 +28,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks import at_exit, gil, import_cost, memory, profiling, report, routes, throughput
+from benchmarks import (
+    at_exit,
+    gil,
+    import_cost,
+    memory,
+    profiling,
+    report,
+    routes,
+    spool,
+    throughput,
+)
 from benchmarks._common import (
     PYTHON,
     ROOT,
@@ -38,7 +48,7 @@ from benchmarks._common import (
     summarize,
 )
 
-SECTIONS = ("caller_cost", "throughput", "memory", "gil", "routes", "exit", "import_cost")
+SECTIONS = ("caller_cost", "throughput", "memory", "gil", "routes", "exit", "import_cost", "spool")
 RESULTS = ROOT / "benchmarks" / "results"
 SCRATCH = RESULTS / "scratch"
 #: Profiled in every run that measures throughput: where the caller's and the worker's time goes.
@@ -59,6 +69,7 @@ FULL: dict[str, dict[str, Any]] = {
     "routes": {"duration": 5.0, "rounds": 5, "warmup": 1.0},
     "exit": {"n": 500, "rounds": 3},
     "import_cost": {"rounds": 21},
+    "spool": {"steady_s": 10.0, "rounds": 4, "outage": 10.0, "before": 3.0, "after": 3.0},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "throughput": {"n": 2_000, "rounds": 1},
@@ -67,6 +78,14 @@ QUICK: dict[str, dict[str, Any]] = {
     "routes": {"duration": 1.0, "rounds": 1, "warmup": 0.0},
     "exit": {"n": 50, "rounds": 1, "shutdown_timeout": 1.0},
     "import_cost": {"rounds": 1},
+    "spool": {
+        "steady_s": 1.0,
+        "rounds": 1,
+        "outage": 1.0,
+        "before": 0.5,
+        "after": 0.5,
+        "drain_timeout": 30.0,
+    },
 }
 
 
@@ -146,6 +165,7 @@ def runners(plan: dict[str, dict[str, Any]], loadgen: str) -> dict[str, Callable
         "routes": lambda: routes.run(log=log, loadgen=loadgen, **plan["routes"]),
         "exit": lambda: at_exit.run(log=log, **plan["exit"]),
         "import_cost": lambda: import_cost.run(log=log, **plan["import_cost"]),
+        "spool": lambda: spool.run(log, **plan["spool"]),
     }
 
 

@@ -34,8 +34,9 @@ SUMMARY_BEGIN: Final = (
 )
 SUMMARY_END: Final = "<!-- end of reliability summary -->"
 UPDATE_ENV: Final = "RELIABILITY_UPDATE"
-#: The ways a runtime's process can end, in the order the page lists them.
-ENDINGS: Final = ("normal", "TERM", "INT", "recycle", "terminate")
+#: The ways a runtime's process can end, in the order the page lists them. "HUP" is a reload
+#: that replaces every worker (gunicorn); "recycle" ends one worker after some requests or tasks.
+ENDINGS: Final = ("normal", "TERM", "INT", "HUP", "recycle", "terminate")
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
         "ANALYTICS_QUEUE_REQUEST_CONTEXT": "off",
         "ANALYTICS_QUEUE_REQUEST_CONTEXT_IP": "on",
         "ANALYTICS_QUEUE_HEALTH_WINDOW": "60",
+        "ANALYTICS_QUEUE_SPOOL_PATH": "/var/spool/analytics.db",
+        "ANALYTICS_QUEUE_SPOOL_MAX_BYTES": "1048576",
     }
     config = build_config(env=env)
     assert config.api_key == "phc_env"
@@ -67,6 +69,8 @@ def test_every_option_is_read_from_its_environment_variable() -> None:
     assert config.shutdown_timeout == 1.5 and config.timeout == 3.0
     assert config.gzip is False and config.strict is True and config.disabled is True
     assert (config.app_version, config.environment) == ("2.0.0", "staging")
+    assert config.spool_path == "/var/spool/analytics.db"
+    assert config.spool_max_bytes == 1_048_576
     assert config.disable_geoip is False and config.historical_migration is True
     assert config.super_properties == {"service": "stories", "region": 3}
     assert config.request_context is False and config.request_context_ip is True

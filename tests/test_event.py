@@ -258,3 +258,18 @@ def test_the_flat_path_leaves_subclasses_to_the_general_path() -> None:
 @given(st.integers(min_value=0, max_value=2**128 - 1))
 def test_format_uuid4_sets_the_bits_uuid_itself_sets(bits: int) -> None:
     assert format_uuid4(bits) == str(uuid.UUID(int=bits, version=4))
+
+
+def test_queued_event_has_the_fields_track_builds_it_with() -> None:
+    # track() builds QueuedEvent with tuple.__new__ and every field in order (no defaults
+    # apply): a new field must be added there too.
+    assert QueuedEvent._fields == (
+        "event",
+        "distinct_id",
+        "properties",
+        "timestamp",
+        "uuid",
+        "tracked_at",
+        "options",
+        "size",
+    )

@@ -57,22 +57,22 @@ def test_every_event_is_in_one_place_until_final() -> None:
     ledger = Ledger(buffer)
     for index in range(5):
         buffer.put_nowait(event(index))
-    assert ledger.totals() == (5, 5)
+    assert ledger.totals()[:2] == (5, 5)
     target = ledger.flush_target()
     assert target == 5
     batch = ledger.take(3)
     assert (batch.first_seq, len(batch.fresh), batch.open) == (0, 3, 3)
-    assert ledger.totals() == (5, 5)  # in flight still counts as unfinished
+    assert ledger.totals()[:2] == (5, 5)  # in flight still counts as unfinished
     ledger.settle(batch, 1)
     ledger.requeue(batch, [pending(1), pending(2)])
     assert ledger.close(batch) == 0
-    assert ledger.totals() == (5, 4)
+    assert ledger.totals()[:2] == (5, 4)
     assert not ledger.reached(target)
     retry = ledger.take(10)
     assert [p.seq for p in retry.retried] == [1, 2] and len(retry.fresh) == 2
     ledger.settle(retry, 4)
     ledger.close(retry)
-    assert ledger.reached(target) and ledger.totals() == (5, 0)
+    assert ledger.reached(target) and ledger.totals()[:2] == (5, 0)
     assert ledger.flush_target() is None
 
 
@@ -84,7 +84,7 @@ def test_close_reports_events_a_step_left_unaccounted() -> None:
     batch = ledger.take(10)
     ledger.settle(batch, 1)
     assert ledger.close(batch) == 1
-    assert ledger.totals() == (2, 0)
+    assert ledger.totals()[:2] == (2, 0)
 
 
 def test_the_retry_line_stays_in_sequence_order_when_batches_come_back_out_of_order() -> None:
