@@ -88,15 +88,21 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _default: AnalyticsQueue | None = None
 _default_lock = threading.Lock()
+_default_lock_pid = os.getpid()
 
 
-def _reset_default_lock() -> None:
-    global _default_lock
-    _default_lock = threading.Lock()  # another thread may have held it at the fork
+def _lock() -> threading.Lock:
+    """The default instance's lock; a new one in a child forked without Python's hooks."""
+    global _default_lock, _default_lock_pid
+    if _default_lock_pid != os.getpid():
+        _default_lock, _default_lock_pid = threading.Lock(), os.getpid()
+    return _default_lock
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_default_lock)
+def _reached() -> AnalyticsQueue | None:
+    """The default instance, without a lock when re-entered inside the library on this thread
+    (a logging handler, a signal handler): then it counts the call as ``reentrant``."""
+    return _default if inside.active else get_default()
 
 
 def get_default() -> AnalyticsQueue:
@@ -104,7 +110,7 @@ def get_default() -> AnalyticsQueue:
     global _default
     instance = _default
     if instance is None:
-        with guarded(), _default_lock:
+        with guarded(), _lock():
             if _default is None:
                 _default = AnalyticsQueue()
             instance = _default
@@ -122,7 +128,7 @@ def configure(**options: Any) -> AnalyticsQueue:
     """
     global _default
     instance = AnalyticsQueue(**options)
-    with guarded(), _default_lock:
+    with guarded(), _lock():
         previous, _default = _default, instance
     if previous is not None:
         previous.shutdown()
@@ -140,8 +146,6 @@ def track(
     disable_geoip: bool | None = None,
 ) -> bool:
     """``track()`` on the default instance."""
-    if inside.active:  # re-entered inside the library on this thread (a logging handler, ...)
-        return False
     call: dict[str, Any] = {
         "distinct_id": distinct_id,
         "properties": properties,
@@ -150,7 +154,9 @@ def track(
         "groups": groups,
         "disable_geoip": disable_geoip,
     }
-    instance = get_default()
+    instance = _reached()
+    if instance is None:
+        return False
     try:
         if instance.track(event, **call):
             return True
@@ -172,14 +178,17 @@ def set(  # noqa: A001 - posthog-python's name
     disable_geoip: bool | None = None,
 ) -> bool:
     """``set()`` on the default instance: a ``$set`` event."""
-    if inside.active:
-        return False
-    return get_default().set(
-        distinct_id=distinct_id,
-        properties=properties,
-        timestamp=timestamp,
-        uuid=uuid,
-        disable_geoip=disable_geoip,
+    instance = _reached()
+    return (
+        False
+        if instance is None
+        else instance.set(
+            distinct_id=distinct_id,
+            properties=properties,
+            timestamp=timestamp,
+            uuid=uuid,
+            disable_geoip=disable_geoip,
+        )
     )
 
 
@@ -192,14 +201,17 @@ def set_once(
     disable_geoip: bool | None = None,
 ) -> bool:
     """``set_once()`` on the default instance: a ``$set_once`` event."""
-    if inside.active:
-        return False
-    return get_default().set_once(
-        distinct_id=distinct_id,
-        properties=properties,
-        timestamp=timestamp,
-        uuid=uuid,
-        disable_geoip=disable_geoip,
+    instance = _reached()
+    return (
+        False
+        if instance is None
+        else instance.set_once(
+            distinct_id=distinct_id,
+            properties=properties,
+            timestamp=timestamp,
+            uuid=uuid,
+            disable_geoip=disable_geoip,
+        )
     )
 
 
@@ -211,9 +223,12 @@ def alias(
     disable_geoip: bool | None = None,
 ) -> bool:
     """``alias()`` on the default instance: a ``$create_alias`` event."""
-    if inside.active:
-        return False
-    return get_default().alias(previous_id, distinct_id, timestamp, uuid, disable_geoip)
+    instance = _reached()
+    return (
+        False
+        if instance is None
+        else instance.alias(previous_id, distinct_id, timestamp, uuid, disable_geoip)
+    )
 
 
 def group_identify(
@@ -226,21 +241,26 @@ def group_identify(
     distinct_id: Any = None,
 ) -> bool:
     """``group_identify()`` on the default instance: a ``$groupidentify`` event."""
-    if inside.active:
-        return False
-    return get_default().group_identify(
-        group_type, group_key, properties, timestamp, uuid, disable_geoip, distinct_id
+    instance = _reached()
+    return (
+        False
+        if instance is None
+        else instance.group_identify(
+            group_type, group_key, properties, timestamp, uuid, disable_geoip, distinct_id
+        )
     )
 
 
 def flush(timeout: float | None = None) -> bool:
     """``flush()`` on the default instance."""
-    return get_default().flush(timeout)
+    instance = _reached()
+    return False if instance is None else instance.flush(timeout)
 
 
 def shutdown(timeout: float | None = None) -> bool:
     """``shutdown()`` on the default instance."""
-    return get_default().shutdown(timeout)
+    instance = _reached()
+    return False if instance is None else instance.shutdown(timeout)
 
 
 def get_queue_size() -> int:

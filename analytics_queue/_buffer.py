@@ -20,6 +20,7 @@ import threading
 from typing import TYPE_CHECKING, NamedTuple
 
 from analytics_queue import _green
+from analytics_queue._guard import reading
 from analytics_queue.event import QueuedEvent
 
 if TYPE_CHECKING:
@@ -116,9 +117,14 @@ class EventBuffer(_StdQueue[QueuedEvent]):
                 self.not_full.notify(len(items))
         return items
 
+    def qsize(self) -> int:
+        """How many events wait (see :func:`~analytics_queue._guard.reading`)."""
+        with reading(self.mutex):
+            return len(self.queue)
+
     def state(self) -> BufferState:
         """How many events wait and when the oldest was tracked."""
-        with self.mutex:
+        with reading(self.mutex):
             waiting = self.queue
             return BufferState(len(waiting), waiting[0].tracked_at if waiting else None)
 

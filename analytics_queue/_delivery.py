@@ -101,9 +101,13 @@ class DeliveryPolicy:
     def flush_ended(self, token: int) -> None:
         self._flushes.pop(token, None)
 
-    def stop(self, deadline: float) -> None:
-        """Send what waits until ``deadline``, then stop (an earlier deadline wins)."""
-        if self.stop_deadline is None or deadline < self.stop_deadline:
+    def stop(self, deadline: float, now: float) -> None:
+        """Send what waits until ``deadline``, then stop.
+
+        An earlier deadline wins, except over one that has passed: a drain that ran out of time
+        (a ``shutdown()`` with a short timeout) may run again at exit with the exit's budget.
+        """
+        if self.stop_deadline is None or deadline < self.stop_deadline or now >= self.stop_deadline:
             self.stop_deadline = deadline
 
     @property

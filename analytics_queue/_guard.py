@@ -17,9 +17,14 @@ where Python runs signal handlers.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
+
+#: How long a read inside the library (a signal handler calling ``metrics()`` while its frame
+#: holds a lock) waits for a lock before it reads without it.
+READ_PATIENCE: Final = 0.05
 
 
 class _ThreadState(threading.local):
@@ -49,9 +54,34 @@ def run_outside(work: Callable[[], None]) -> None:
 
 
 def run_deferred() -> None:
-    """Run the work a signal handler deferred, if any; called where a guarded section ends."""
-    if deferred and not inside.active:
+    """Run the work a signal handler deferred, if any; called where a guarded section ends.
+
+    Only on the main thread, where the signal arrived: an exception raised on another thread
+    would end that thread, not the process.
+    """
+    if deferred and not inside.active and threading.current_thread() is threading.main_thread():
         deferred.pop()()
+
+
+@contextlib.contextmanager
+def reading(lock: threading.Lock | threading.RLock) -> Iterator[None]:
+    """Hold ``lock`` for a read of figures; never wait for it forever inside the library.
+
+    Outside (a request thread calling ``metrics()``) this is ``with lock``. Inside (a signal
+    handler or ``__del__`` whose interrupted frame may hold ``lock``) it waits at most
+    :data:`READ_PATIENCE`, then reads without the lock: figures a moment out of step, never a
+    deadlock.
+    """
+    if not inside.active:
+        with lock:
+            yield
+        return
+    held = lock.acquire(timeout=READ_PATIENCE)
+    try:
+        yield
+    finally:
+        if held:
+            lock.release()
 
 
 class guarded:  # noqa: N801 - used as a statement: `with guarded():`

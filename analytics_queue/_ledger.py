@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from analytics_queue._buffer import EventBuffer
+from analytics_queue._guard import reading
 from analytics_queue.event import QueuedEvent
 
 
@@ -109,7 +110,7 @@ class Ledger:
     # -- reads ------------------------------------------------------------------------------
 
     def totals(self) -> Totals:
-        with self._lock:
+        with reading(self._lock):
             waiting = self._buffer.qsize()
             return Totals(
                 self._taken + waiting,
@@ -127,7 +128,7 @@ class Ledger:
 
     def oldest_unfinished(self) -> float | None:
         """When the oldest event not yet final was tracked (wall clock); None when none is."""
-        with self._lock:
+        with reading(self._lock):
             stamps = [batch.oldest_tracked_at for batch in self._in_flight]
             if self._retry:
                 stamps.append(self._retry[0].tracked_at)

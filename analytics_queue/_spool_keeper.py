@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from analytics_queue._guard import reading
 from analytics_queue._ledger import REPLAYED, Pending
 from analytics_queue._spool import Spool, SpoolError, SpoolStats, move_aside
 
@@ -333,7 +334,7 @@ class SpoolKeeper:
 
     def figures(self) -> SpoolFigures:
         """The latest figures; safe to call from any thread (never touches the file)."""
-        with self._lock:
+        with reading(self._lock):
             stats = self._stats
             return SpoolFigures(
                 path=str(self.path),

@@ -196,9 +196,9 @@ class Worker:
                 budget = max(0.0, deadline - self._monotonic())
                 deadline -= min(SPOOL_EXIT_RESERVE_MAX, budget * SPOOL_EXIT_RESERVE)
             with self._state:
-                self._policy.stop(deadline)
-        self._interrupt.set()
-        self.wake.set()
+                self._policy.stop(deadline, self._monotonic())
+            self._interrupt.set()  # inside: Event.set takes a lock a signal must not split
+            self.wake.set()
 
     def wait_stopped(self, deadline: float) -> bool:
         """Wait for the drain started by :meth:`begin_stop`; True when nothing is left."""
@@ -224,8 +224,9 @@ class Worker:
                 token = self._policy.flush_started()
         waiter = None
         try:
-            self._interrupt.set()
-            self.wake.set()
+            with guarded():
+                self._interrupt.set()
+                self.wake.set()
             if not self.alive:
                 return self._run_here(deadline, target)
             with guarded():
@@ -252,7 +253,10 @@ class Worker:
             self._loop()
         finally:
             self.ledger.wake_waiters()
-            _lifecycle.release(self)
+            if self.ledger.totals().unfinished == 0:
+                # Held otherwise: a stop that ran out of time leaves events that the exit
+                # drain sends on the main thread.
+                _lifecycle.release(self)
 
     def _loop(self) -> None:
         while True:
@@ -311,7 +315,7 @@ class Worker:
                 if not self._send_lock.acquire(timeout=max(0.0, deadline - now)):
                     return False
                 try:
-                    self._step()
+                    self._step(deadline)
                 finally:
                     self._send_lock.release()
 
@@ -383,7 +387,8 @@ class Worker:
 
     # -- one step: take, serialize, send, account -------------------------------------------
 
-    def _step(self) -> None:
+    def _step(self, deadline: float | None = None) -> None:
+        """Send one request's worth; ``deadline`` (monotonic) bounds it on a caller's thread."""
         self._handoff_at = time.perf_counter() + HANDOFF_INTERVAL  # the thread just woke
         replayed = self._spool_claim()
         batch = self.ledger.take(MAX_BATCH_EVENTS, replayed)
@@ -395,7 +400,7 @@ class Worker:
                 if prepared is None:
                     part = self._serialize(batch)
                 if part:
-                    self._deliver(batch, part, prepared)
+                    self._deliver(batch, part, deadline, prepared)
             except Exception:
                 # A bug of ours (or of a logging filter): what the step held is counted, never
                 # left uncounted, and the loop goes on.
@@ -495,7 +500,13 @@ class Worker:
             self._fail(batch, reason, count)
         return encoded
 
-    def _deliver(self, batch: Batch, events: list[Pending], prepared: Any = None) -> None:
+    def _deliver(
+        self,
+        batch: Batch,
+        events: list[Pending],
+        limit: float | None = None,
+        prepared: Any = None,
+    ) -> None:
         # A stack of parts: a 413 or a 400 on several events splits them in halves.
         stack = [events]
         while stack:
@@ -503,6 +514,8 @@ class Worker:
             body, prepared = prepared, None  # a prepared body belongs to the first part only
             with self._state:
                 deadline = self._policy.stop_deadline
+            if limit is not None:
+                deadline = limit if deadline is None else min(deadline, limit)
             timeout = self._timeout
             if deadline is not None:
                 timeout = min(timeout, deadline - self._monotonic())

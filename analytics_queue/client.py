@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from analytics_queue import _lifecycle
 from analytics_queue._buffer import BufferBytesFull, BufferClosed, EventBuffer
-from analytics_queue._guard import deferred, guarded, inside, run_deferred
+from analytics_queue._guard import deferred, guarded, inside, run_deferred, run_outside
 from analytics_queue._spool_keeper import SpoolKeeper
 from analytics_queue._uwsgi import in_master, uwsgi_problems
 from analytics_queue._worker import Worker
@@ -568,11 +568,14 @@ class AnalyticsQueue:
             return
         self._last_full_warning = now
         with guarded():
-            logger.warning(
-                "analytics queue is full (%d events): new events are refused and counted as "
-                "queue_full; is PostHog reachable?",
-                self._config.max_queue_size,
-            )
+            try:
+                logger.warning(
+                    "analytics queue is full (%d events): new events are refused and counted "
+                    "as queue_full; is PostHog reachable?",
+                    self._config.max_queue_size,
+                )
+            except Exception:  # a logging handler or filter that raises: track() never does
+                pass
 
     # -- flush and shutdown -----------------------------------------------------------------
 
@@ -580,7 +583,12 @@ class AnalyticsQueue:
         """Send what waits now; True when everything tracked before the call reached a final
         state (delivered or failed) within ``timeout`` seconds (default: the ``timeout``
         option). Sends on the calling thread when no worker runs in this process.
+
+        Called from inside the library on this thread (a signal handler or ``__del__`` whose
+        interrupted frame holds one of its locks), it returns False at once instead of waiting.
         """
+        if inside.active:
+            return False
         self._check_process()
         limit = self._config.timeout if timeout is None else max(0.0, timeout)
         return self._worker.flush(time.monotonic() + limit)
@@ -590,11 +598,21 @@ class AnalyticsQueue:
 
         Idempotent. ``track()`` returns False afterwards. Waits at most ``timeout`` seconds
         (default: the ``shutdown_timeout`` option), even when the server never answers.
+
+        Called from a signal handler while the main thread is inside the library, it returns
+        False at once and the shutdown runs as soon as that frame leaves the library.
         """
+        if inside.active:
+            if threading.current_thread() is threading.main_thread():
+                run_outside(lambda: self._shutdown_later(timeout))
+            return False
         limit = self._config.shutdown_timeout if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + limit
         self._begin_shutdown(deadline)
         return self._finish_shutdown(deadline)
+
+    def _shutdown_later(self, timeout: float | None) -> None:
+        self.shutdown(timeout)
 
     def _begin_shutdown(self, deadline: float) -> None:
         self._check_process()

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from analytics_queue._guard import reading
+
 if TYPE_CHECKING:
     from analytics_queue._spool_keeper import SpoolFigures
 
@@ -318,7 +320,7 @@ class Counters:
         ``spooled``, ``replayed``: the ledger's spool totals; ``spool``: the file's figures.
         """
         now = self._clock()
-        with self.lock:
+        with reading(self.lock):
             refused = self.refused + Counter(extra_refusals or {})
             failed = sum(self.failed.values())
             deliberate = sum(self.failed.get(reason, 0) for reason in DELIBERATE_REASONS)

@@ -110,7 +110,7 @@ def test_each_of_several_concurrent_flushes_gets_its_own_cut() -> None:
 def test_stopping_sends_at_once_paces_failures_and_stops_at_the_deadline() -> None:
     policy = make(retry_policy=RetryPolicy(base=30.0, cap=30.0, jitter=False))
     policy.failed(0.0, None)
-    policy.stop(deadline=5.0)
+    policy.stop(deadline=5.0, now=0.0)
     assert policy.decide(DRAIN_PAUSE, pending=3, retrying=True, oldest_age=0.0) == SEND
     policy.failed(1.0, None)
     paced = policy.decide(1.0, pending=3, retrying=True, oldest_age=0.0)
@@ -119,12 +119,14 @@ def test_stopping_sends_at_once_paces_failures_and_stops_at_the_deadline() -> No
     assert policy.decide(2.0, pending=0, retrying=False, oldest_age=None) == STOP
 
 
-def test_an_earlier_stop_deadline_wins() -> None:
+def test_an_earlier_stop_deadline_wins_unless_it_has_passed() -> None:
     policy = make()
-    policy.stop(10.0)
-    policy.stop(3.0)
-    policy.stop(20.0)
+    policy.stop(10.0, now=0.0)
+    policy.stop(3.0, now=0.0)
+    policy.stop(20.0, now=1.0)
     assert policy.stop_deadline == 3.0
+    policy.stop(25.0, now=4.0)  # the drain ran out of time: the exit drain gets its own budget
+    assert policy.stop_deadline == 25.0
 
 
 @pytest.mark.parametrize(
