@@ -23,8 +23,14 @@ typecheck: install
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected no test: make fails on it like on any other non-zero code.
+# The dev extra installs orjson, so the first run serializes with it; the second runs the wire,
+# value-conversion and property tests again on the standard library's json (the backend of an
+# install without the `fast` extra).
+JSON_TESTS := tests/test_event.py tests/test_json.py tests/test_transport.py tests/test_client.py \
+	tests/test_wire_parity.py tests/test_hostile_input.py tests/test_hooks.py
 pytest: install
 	$(BIN)/pytest --benchmark-disable --cov --cov-report=term $(PYTEST_ARGS)
+	ANALYTICS_QUEUE_JSON=stdlib $(BIN)/pytest -q -p no:cacheprovider $(JSON_TESTS)
 
 # The docs site: MkDocs + Material + mkdocstrings, warnings are errors, into site/ (git-ignored).
 docs: install

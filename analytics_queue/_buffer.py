@@ -69,6 +69,30 @@ class EventBuffer(_StdQueue[QueuedEvent]):
         self._max_bytes = max_bytes
         self._bytes = 0
         self._closed = False
+        self._getters = 0  # threads blocked in get(): nobody, unless a caller uses get()
+
+    def put_nowait(self, item: QueuedEvent) -> None:
+        """Queue ``item`` or raise ``queue.Full``, ``BufferBytesFull`` or ``BufferClosed``.
+
+        ``Queue.put`` without its blocking branches, and without notifying ``get()`` callers
+        when there are none (the worker takes with :meth:`take`): the cost of ``track()``.
+        """
+        with self.mutex:
+            if 0 < self.maxsize <= len(self.queue):
+                raise queue.Full
+            self._put(item)
+            self.unfinished_tasks += 1
+            if self._getters:
+                self.not_empty.notify()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> QueuedEvent:
+        with self.mutex:
+            self._getters += 1
+        try:
+            return super().get(block, timeout)
+        finally:
+            with self.mutex:
+                self._getters -= 1
 
     # Called by Queue.put under the mutex, after the count bound was checked.
     def _put(self, item: QueuedEvent) -> None:

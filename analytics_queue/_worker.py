@@ -1,22 +1,20 @@
-"""The pump: one daemon thread that waits, takes from the buffer, serializes, sends and accounts.
+"""The pump: one daemon thread that waits, then has one step at a time sent.
 
-The pump owns the thread and the waiting; the decisions belong to the others:
+The pump owns the thread and the waiting; the work and the decisions belong to the others:
 
 - the :class:`~analytics_queue._buffer.EventBuffer` wakes it when a batch is ready;
 - the :class:`~analytics_queue._delivery.DeliveryPolicy` says when to send and what an answer
   means (backoff, Retry-After, flush cuts, the stop deadline, splitting, the requeue limit);
 - the :class:`~analytics_queue._ledger.Ledger` says where every event is (sequence numbers,
   in flight, the retry line) and releases ``flush()`` callers;
-- the :class:`~analytics_queue.metrics.Counters` receive every attempt and every final state;
-- the optional :class:`~analytics_queue._spool_keeper.SpoolKeeper` keeps events on disk: each
-  batch is written before its first send and removed once acknowledged; what fails, what
-  waits while PostHog is down and what is left at exit is handed over to it, and it is replayed
-  oldest first. The hooks are the ``_spool_*`` methods and :meth:`Worker._put_back`.
+- the :class:`~analytics_queue._sender.Sender` does one step: take, serialize, send, account
+  (pipelining the next batch on the worker thread);
+- the optional :class:`~analytics_queue._spool_keeper.SpoolKeeper` keeps events on disk; the
+  pump's ``_spool_*`` methods say when (before resting, while PostHog is down, at the end).
 
-One step (take, serialize, send, account) runs at a time under ``_send_lock``: on the worker
-thread or, when no worker thread is alive in this process, on the thread that calls ``flush()``
-or drains at exit. Each piece of CPU work is short: events are serialized in chunks with a GIL
-hand-off between chunks, so request threads never wait behind a whole batch.
+One step runs at a time under ``_send_lock``: on the worker thread or, when no worker thread is
+alive in this process, on the thread that calls ``flush()`` or drains at exit (those steps never
+prepare a batch ahead, so their deadlines hold between attempts).
 
 Thread safety: every public method may be called from any thread.
 """
@@ -33,27 +31,19 @@ from typing import Final
 
 from analytics_queue import _lifecycle, _multiprocessing
 from analytics_queue._buffer import EventBuffer
-from analytics_queue._delivery import Decision, DeliveryPolicy, Verdict
+from analytics_queue._delivery import Decision, DeliveryPolicy
 from analytics_queue._guard import guarded, inside
-from analytics_queue._ledger import Batch, Ledger, Pending, Totals
+from analytics_queue._ledger import Ledger, Totals
+from analytics_queue._sender import Sender
 from analytics_queue._spool_keeper import SpoolKeeper
-from analytics_queue.errors import RefusedError
 from analytics_queue.event import EventEncoder
-from analytics_queue.metrics import Counters, ErrorRecord
+from analytics_queue.metrics import Counters
 from analytics_queue.retry import RetryPolicy
-from analytics_queue.sending import SendResult, Transport
+from analytics_queue.sending import Transport
 
 logger = logging.getLogger(__name__)
 
 WORKER_NAME: Final = "analytics-queue-worker"
-#: A request carries at most this many events ...
-MAX_BATCH_EVENTS: Final = 500
-#: ... and at most this many bytes before compression (PostHog accepts 20 MiB).
-MAX_BATCH_BYTES: Final = 1024 * 1024
-#: Seconds of serializing between two GIL hand-offs: a request thread that wants the GIL waits
-#: at most about this long for the worker, instead of the interpreter's 5 ms switch interval.
-#: (A hand-off is a zero sleep, which itself costs tens of microseconds: not after every event.)
-HANDOFF_INTERVAL: Final = 0.0003
 #: How long the worker rests after an unexpected error in its loop.
 ERROR_PAUSE: Final = 1.0
 #: With a spool, while backing off, what waits in the buffer goes to disk this often, seconds:
@@ -114,10 +104,6 @@ class Worker:
             retry_policy=retry_policy,
             rng=rng,
         )
-        self._transport = transport
-        self._encoder = encoder
-        self._counters = counters
-        self._timeout = timeout
         self.shutdown_timeout = shutdown_timeout
         self._clock = clock
         self._monotonic = monotonic
@@ -130,7 +116,20 @@ class Worker:
         # track() calls during an outage do not wake it for nothing.
         self._interrupt = threading.Event()
         self._state = threading.Lock()  # guards _policy
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # one step at a time
+        self._sender = Sender(
+            self.ledger,
+            self._policy,
+            self._state,
+            transport,
+            encoder,
+            counters,
+            buffer,
+            timeout=timeout,
+            clock=clock,
+            monotonic=monotonic,
+            spool=spool,
+        )
         self._thread: threading.Thread | None = None
         self._start_failed = False
 
@@ -266,7 +265,7 @@ class Worker:
                     (self._interrupt if decision.backing_off else self.wake).wait(decision.seconds)
                     continue
                 with self._send_lock:
-                    self._step()
+                    self._sender.step(may_prepare_ahead=self._due)
             except Exception:
                 logger.exception("analytics worker: unexpected error; resting, then going on")
                 self.wake.wait(ERROR_PAUSE)
@@ -305,9 +304,13 @@ class Worker:
                 if not self._send_lock.acquire(timeout=max(0.0, deadline - now)):
                     return False
                 try:
-                    self._step(deadline)
+                    self._sender.step(deadline)
                 finally:
                     self._send_lock.release()
+
+    def _due(self) -> bool:
+        """True when a send is due now (asked while a request is in flight, to prepare ahead)."""
+        return self._decide().send
 
     def _decide(self) -> Decision:
         work = self.ledger.pending()
@@ -339,196 +342,13 @@ class Worker:
         """While backing off: wait a little, then move what waits in the buffer to disk."""
         self._interrupt.wait(min(seconds, SPOOL_WHILE_DOWN_EVERY))
         with self._send_lock:
-            self._spool_waiting()
+            self._sender.spool_waiting()
 
     def _spool_rest(self) -> None:
         """At the end of the drain: everything still held in memory goes to disk."""
         if self.spool is not None and self._send_lock.acquire(timeout=SPOOL_EXIT_RESERVE_MAX):
             try:
-                self._spool_waiting()
+                self._sender.spool_waiting()
                 self.spool.close()
             finally:
                 self._send_lock.release()
-
-    def _spool_waiting(self) -> None:
-        """Hand the retry line and the buffer over to the spool, a batch at a time."""
-        while True:
-            batch = self.ledger.take(MAX_BATCH_EVENTS)
-            left: list[Pending] = []
-            try:
-                if not batch.open:
-                    return
-                left = self._put_back(batch, batch.retried + self._encode(batch))
-                self.ledger.requeue(batch, left)
-            finally:
-                lost = self.ledger.close(batch)
-                if lost:
-                    self._counters.fail("internal_error", lost)
-            if left:
-                return  # the file refused them: they wait in memory
-
-    def _put_back(self, batch: Batch, pendings: list[Pending]) -> list[Pending]:
-        """Hand ``pendings`` to the spool when there is one; returns those left in memory."""
-        if self.spool is None or not pendings:
-            return pendings
-        left = self.spool.keep(pendings)
-        self.ledger.spill(batch, len(pendings) - len(left))
-        return left
-
-    # -- one step: take, serialize, send, account -------------------------------------------
-
-    def _step(self, deadline: float | None = None) -> None:
-        """Send one request's worth; ``deadline`` (monotonic) bounds it on a caller's thread."""
-        replayed = self._spool_claim()
-        batch = self.ledger.take(MAX_BATCH_EVENTS, replayed)
-        self._counters.observe_queue_size(batch.open + self.buffer.qsize())
-        try:
-            pendings = batch.replayed + batch.retried + self._encode(batch)
-            part, overflow = _cut_by_bytes(pendings)
-            self.ledger.requeue(batch, self._put_back(batch, overflow))
-            if part and self.spool is not None:
-                part = self.spool.write_ahead(part)
-            if part:
-                self._deliver(batch, part, deadline)
-        except Exception:
-            # A bug of ours (or of a logging filter): what the step held is counted, never
-            # left uncounted, and the loop goes on.
-            logger.exception("analytics worker: unexpected error while sending a batch")
-        finally:
-            lost = self.ledger.close(batch)
-            if lost:
-                self._counters.fail("internal_error", lost)
-
-    def _spool_claim(self) -> list[Pending]:
-        """The oldest rows of the spool for this step (none while stopping)."""
-        if self.spool is None:
-            return []
-        with self._state:
-            if self._policy.stopping:
-                return []
-        return self.spool.claim(MAX_BATCH_EVENTS, MAX_BATCH_BYTES)
-
-    def _encode(self, batch: Batch) -> list[Pending]:
-        encoded: list[Pending] = []
-        encode = self._encoder.encode
-        refused: dict[str, int] = {}
-        clock = time.perf_counter
-        handoff_at = clock() + HANDOFF_INTERVAL
-        for seq, item in enumerate(batch.fresh, batch.first_seq):
-            if clock() >= handoff_at:
-                time.sleep(0)  # a GIL hand-off: a waiting request thread runs now
-                handoff_at = clock() + HANDOFF_INTERVAL
-            try:
-                encoded.append(Pending(seq, encode(item), item.tracked_at))
-            except RefusedError as exc:
-                refused[exc.reason] = refused.get(exc.reason, 0) + 1
-                logger.debug("analytics event not sent: %s", exc)
-        for reason, count in refused.items():
-            self._fail(batch, reason, count)
-        return encoded
-
-    def _deliver(self, batch: Batch, events: list[Pending], limit: float | None) -> None:
-        # A stack of parts: a 413 or a 400 on several events splits them in halves.
-        stack = [events]
-        while stack:
-            part = stack.pop()
-            with self._state:
-                deadline = self._policy.stop_deadline
-            if limit is not None:
-                deadline = limit if deadline is None else min(deadline, limit)
-            timeout = self._timeout
-            if deadline is not None:
-                timeout = min(timeout, deadline - self._monotonic())
-                if timeout <= 0:
-                    rest = [p for sub in (part, *reversed(stack)) for p in sub]
-                    self.ledger.requeue(batch, self._put_back(batch, rest))
-                    return
-            result, seconds = self._attempt(part, timeout)
-            verdict = DeliveryPolicy.judge(result, len(part))
-            if verdict is Verdict.DELIVERED:
-                now = self._clock()
-                self._counters.record_send(
-                    seconds=seconds,
-                    delivered=len(part),
-                    delivery_seconds=sum(now - p.tracked_at for p in part),
-                )
-                self.ledger.settle(batch, len(part))
-                if self.spool is not None:
-                    self.spool.ack(part)
-                with self._state:
-                    failures = self._policy.succeeded()
-                if failures:
-                    logger.info("analytics delivery recovered after %d failed attempt(s)", failures)
-                continue
-            self._counters.record_send(seconds=seconds, error=_error_record(result))
-            if verdict is Verdict.SPLIT:
-                middle = len(part) // 2
-                stack.extend((part[middle:], part[:middle]))
-            elif verdict is Verdict.RETRY:
-                self._retry_later(batch, part, [p for sub in reversed(stack) for p in sub], result)
-                return
-            else:
-                reason = DeliveryPolicy.rejection_reason(result)
-                self._fail(batch, reason, len(part))
-                if self.spool is not None:
-                    self.spool.ack(part)
-                logger.warning(
-                    "PostHog refused %d event(s) (%s): %s", len(part), reason, result.error
-                )
-
-    def _attempt(self, part: list[Pending], timeout: float) -> tuple[SendResult, float]:
-        started = self._monotonic()
-        try:
-            result = self._transport.send([p.data for p in part], timeout)
-        except Exception as exc:  # a custom transport's bug must not lose the batch
-            logger.warning("analytics transport raised; retrying", exc_info=True)
-            result = SendResult(False, error=f"transport raised {type(exc).__name__}")
-        return result, self._monotonic() - started
-
-    def _retry_later(
-        self, batch: Batch, part: list[Pending], rest: list[Pending], result: SendResult
-    ) -> None:
-        # With a spool, the whole attempt goes to disk: nothing is dropped, no lease is held
-        # through the backoff; only what the file refused follows the requeue limit.
-        attempted = len(part)
-        part, rest = self._put_back(batch, part), self._put_back(batch, rest)
-        spooled = attempted - len(part)
-        with self._state:
-            again, dropped = self._policy.split_requeue(part)
-            delay = self._policy.failed(self._monotonic(), result.retry_after)
-            failures, stopping = self._policy.failures, self._policy.stopping
-        self._fail(batch, "retry_limit", len(dropped))
-        self._counters.record_retry(len(again))
-        self.ledger.requeue(batch, again + rest)
-        # One WARNING per outage, not one per attempt; the rest at DEBUG.
-        logger.log(
-            logging.WARNING if failures == 1 else logging.DEBUG,
-            "sending %d analytics event(s) failed (%s); %d kept in the spool, %d will be "
-            "retried %s, %d dropped (requeue_limit)",
-            attempted,
-            result.error,
-            spooled,
-            len(again),
-            "before exit" if stopping else f"in {delay:.1f} s",
-            len(dropped),
-        )
-
-    def _fail(self, batch: Batch, reason: str, count: int) -> None:
-        if count:
-            self._counters.fail(reason, count)
-            self.ledger.settle(batch, count)
-
-
-def _cut_by_bytes(pendings: list[Pending]) -> tuple[list[Pending], list[Pending]]:
-    total = 0
-    for index, pending in enumerate(pendings):
-        total += len(pending.data) + 1
-        if total > MAX_BATCH_BYTES and index:
-            return pendings[:index], pendings[index:]
-    return pendings, []
-
-
-def _error_record(result: SendResult) -> ErrorRecord:
-    return ErrorRecord(
-        status=result.status, message=result.error or "unknown error", at=time.time()
-    )

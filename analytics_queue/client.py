@@ -79,6 +79,7 @@ UWSGI_MASTER_SEND_TIMEOUT: Final = 2.0
 SPOOL_MIN_LEASE: Final = 60.0
 
 _UNSET: Final[Any] = object()
+_new_tuple: Final[Any] = tuple.__new__
 
 
 class AnalyticsQueue:
@@ -322,8 +323,11 @@ class AnalyticsQueue:
                 UnserializableError(f"event {name}: {type(exc).__name__} while checking it")
             )
         size += len(event) + len(distinct_id) + EVENT_OVERHEAD_BYTES
+        # tuple.__new__: the same QueuedEvent without the NamedTuple constructor's Python frame.
         return self._admit(
-            QueuedEvent(event, distinct_id, props, when, event_id, time.time(), options, size)
+            _new_tuple(
+                QueuedEvent, (event, distinct_id, props, when, event_id, time.time(), options, size)
+            )
         )
 
     def _admit(self, item: QueuedEvent) -> bool:

@@ -33,9 +33,9 @@ import sys
 import uuid as uuid_module
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from analytics_queue import _json
 from analytics_queue._version import __version__
 from analytics_queue.errors import (
     InvalidEventError,
@@ -246,11 +246,41 @@ def capture_properties(event: str, properties: Mapping[str, Any] | None) -> dict
 
 
 def capture_sized(event: str, properties: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
-    """:func:`capture_properties`, with an estimate of the copy's serialized bytes.
+    """Copy and check ``properties``; returns the copy and an estimate of its serialized bytes.
 
-    The estimate counts characters plus a few bytes per value; above about a sixth of the
-    per-event limit it is the exact serialized size.
+    The common case, a dict of ASCII str keys and values that are ASCII str, int, float, bool
+    or None, is one copy and one loop over it; anything else takes the general path.
+
+    Raises:
+        RefusedError: a subclass naming the event and the property path of the bad value.
     """
+    if type(properties) is dict:
+        out = properties.copy()
+        size = 0
+        for key, value in out.items():
+            kind = type(value)
+            if type(key) is not str or not key.isascii():
+                break
+            if kind is str:
+                if not value.isascii():  # may hold a lone surrogate: the general path checks
+                    break
+                size += len(key) + len(value)
+            elif kind is int or kind is bool or value is None:
+                size += len(key)
+            elif kind is not float or value - value != 0.0:  # NaN and infinities fail
+                break
+            else:
+                size += len(key)
+        else:
+            size += _VALUE_OVERHEAD * len(out)
+            if size <= _EXACT_SIZE_ABOVE:
+                return out, size
+    return _capture_general(event, properties)
+
+
+def _capture_general(
+    event: str, properties: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], int]:
     if properties is None:
         return {}, 0
     if not isinstance(properties, Mapping):
@@ -427,10 +457,16 @@ def check_uuid(event: str, value: object) -> str:
 
 
 def format_uuid4(bits: int) -> str:
-    """Format 128 random bits as a version-4, RFC 4122 variant UUID string."""
-    bits = (bits & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
-    h = f"{bits:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """Format 128 random bits as a version-4, RFC 4122 variant UUID string.
+
+    The version nibble becomes 4 and the variant's two high bits 10, as ``uuid.UUID`` sets them.
+    """
+    h = "%032x" % bits  # noqa: UP031 - faster than an f-string or format() here
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+#: A hex digit with its two high bits set to 10: the RFC 4122 variant.
+_VARIANT: Final = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 _second_cache: list[Any] = [None, ""]
@@ -494,11 +530,18 @@ def release_id() -> str | None:
     return None if raw is None else (raw.strip() or None)
 
 
+#: At most this many event names are kept serialized (the cache is emptied when full).
+_NAMES_CACHED: Final = 512
+_ELEMENT: Final = b'{"event":%s,"distinct_id":%s,"properties":{%s},"timestamp":"%s","uuid":"%s"%s}'
+_MEMBERS: Final = b'%s"queued_at":"%s",%s,%s'
+_MEMBERS_NO_PROPS: Final = b'%s"queued_at":"%s",%s'
+
+
 class _Layer(NamedTuple):
     """The enrichment of one kind of event, as a dict and as JSON members."""
 
     over: dict[str, Any]  # wins over the caller's properties
-    over_json: str
+    over_json: bytes
     keys: frozenset[str]  # every key the enrichment sets, "queued_at" included
 
 
@@ -517,8 +560,11 @@ class EventEncoder:
         disable_geoip: add ``$geoip_disable: true`` unless an event says otherwise (True).
         super_properties: properties merged over every event's own, as posthog-python does.
         before_send: called with each event as a dict on the worker; see :mod:`.hooks`.
+        backend: the JSON backend (default: orjson when installed, see ``_json``).
 
-    Immutable after construction; safe to share between threads.
+    Expects properties as :func:`capture_properties` returns them; on those, every backend
+    gives the same outcome. Its only state after construction is a cache of serialized event
+    names; safe to share between threads.
     """
 
     __slots__ = (
@@ -528,6 +574,8 @@ class EventEncoder:
         "_defaults_json",
         "_dumps",
         "_layers",
+        "_names",
+        "backend",
     )
 
     def __init__(
@@ -538,10 +586,13 @@ class EventEncoder:
         disable_geoip: bool = True,
         super_properties: Mapping[str, Any] | None = None,
         before_send: Callable[[dict[str, Any]], Any] | None = None,
+        backend: _json.Backend | None = None,
     ) -> None:
-        self._dumps = json.JSONEncoder(
-            ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
-        ).encode
+        self.backend = backend or _json.DEFAULT
+        self._dumps = self.backend.dumps
+        # Event names as JSON: an app has few of them. A dict's get and set are atomic, so
+        # threads sharing the encoder at worst serialize a name twice.
+        self._names: dict[str, bytes] = {}
         defaults: dict[str, Any] = {}
         if app_version is not None:
             defaults["app_version"] = app_version
@@ -551,8 +602,8 @@ class EventEncoder:
         if release is not None:
             defaults["$release_id"] = release
         self._defaults = defaults
-        # Written once: '"app_version":"2.0",...'; queued_at follows it.
-        self._defaults_json = self._dumps(defaults)[1:-1] + ("," if defaults else "")
+        # Written once: b'"app_version":"2.0",...'; queued_at follows it.
+        self._defaults_json = self._dumps(defaults)[1:-1] + (b"," if defaults else b"")
         supers = dict(super_properties or {})
         system = system_properties()
         self._layers: dict[tuple[bool, bool], _Layer] = {}
@@ -627,27 +678,45 @@ class EventEncoder:
         if self._before_send is not None:
             return self._check_size(item.event, self._before_send.run(self, item))
         queued_at, timestamp = self._timestamps(item)
+        dumps = self._dumps
         try:
             props = item.properties
             layer = self._layer(item.options)
-            if layer.keys.isdisjoint(props):
-                members = f'{self._defaults_json}"queued_at":"{queued_at}",{layer.over_json}'
-                if props:
-                    members += "," + self._dumps(props)[1:-1]
-            else:  # the caller set an enrichment key: merge in order, with no duplicate key
-                members = self._dumps(
-                    {**self._defaults, "queued_at": queued_at, **props, **layer.over}
-                )[1:-1]
-            top = ""
+            if not layer.keys.isdisjoint(props):
+                # The caller set an enrichment key: merge in order, with no duplicate key.
+                members = dumps({**self._defaults, "queued_at": queued_at, **props, **layer.over})[
+                    1:-1
+                ]
+            elif props:
+                members = _MEMBERS % (
+                    self._defaults_json,
+                    queued_at.encode(),
+                    layer.over_json,
+                    dumps(props)[1:-1],
+                )
+            else:
+                members = _MEMBERS_NO_PROPS % (
+                    self._defaults_json,
+                    queued_at.encode(),
+                    layer.over_json,
+                )
+            top = b""
             if item.options is not None and item.options.top_level:
-                top = "," + self._dumps(item.options.top_level)[1:-1]
-            text = (
-                f'{{"event":{encode_basestring(item.event)},'
-                f'"distinct_id":{encode_basestring(item.distinct_id)},'
-                f'"properties":{{{members}}},'
-                f'"timestamp":"{timestamp}","uuid":"{self.uuid_of(item)}"{top}}}'
+                top = b"," + dumps(item.options.top_level)[1:-1]
+            name = self._names.get(item.event)
+            if name is None:
+                name = dumps(item.event)
+                if len(self._names) >= _NAMES_CACHED:
+                    self._names.clear()
+                self._names[item.event] = name
+            data = _ELEMENT % (
+                name,
+                dumps(item.distinct_id),
+                members,
+                timestamp.encode(),
+                self.uuid_of(item).encode(),
+                top,
             )
-            data = text.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidEventError(
                 f"event {shown(item.event)}: a string is not valid Unicode (lone surrogate)"
@@ -663,7 +732,7 @@ class EventEncoder:
             InvalidEventError: not serializable (a lone surrogate, NaN).
         """
         try:
-            return self._dumps(element).encode("utf-8")
+            return self._dumps(element)
         except UnicodeEncodeError:
             raise InvalidEventError(
                 f"event {shown(event)}: a string is not valid Unicode (lone surrogate)"

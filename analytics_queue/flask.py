@@ -52,9 +52,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "analytics_queue.flask needs Flask: pip install 'analytics-queue[flask]'"
     ) from exc
 
-from werkzeug.utils import import_string
 
 from analytics_queue import AnalyticsQueue
+from analytics_queue._endpoint_guard import resolve_guard
 from analytics_queue.config import OPTIONS, OPTIONS_BY_NAME, validate_options
 from analytics_queue.prometheus import CONTENT_TYPE, choose_format, render_text
 from analytics_queue.request_context import RequestInfo, close_scope, open_scope
@@ -163,7 +163,7 @@ class FlaskAnalytics:
             problems.append(f"ANALYTICS_QUEUE_URL_PREFIX: must start with '/', got {url_prefix!r}")
         guard = None
         try:
-            guard = _resolve_guard(guard_setting)
+            guard = resolve_guard(guard_setting)
         except ValueError as exc:
             problems.append(f"ANALYTICS_QUEUE_ENDPOINT_GUARD: {exc}")
         if problems:
@@ -294,22 +294,7 @@ def _metrics() -> Response:
     return response
 
 
-Guard = Callable[[Any], bool]
-
-
-def _resolve_guard(setting: object) -> Guard | None:
-    """The endpoint guard from its config value: None, a callable, or a dotted import path."""
-    if setting is None:
-        return None
-    if isinstance(setting, str):
-        try:
-            setting = import_string(setting)
-        except ImportError:
-            raise ValueError(f"cannot import {setting!r}") from None
-    if not callable(setting):
-        raise ValueError(f"must be a callable or its dotted path, got {type(setting).__name__}")
-    guard: Guard = setting
-    return guard
+Guard = Callable[[Any], Any]
 
 
 def _forbidden() -> Response:

@@ -18,7 +18,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 local_logger = logging.getLogger("analytics_queue.local")
 
@@ -53,6 +53,29 @@ class Transport(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class Pipelined(Protocol):
+    """Optional for a sender: a send in three steps, so that its caller can work between them.
+
+    ``prepare(elements)`` builds the request body (no I/O; the result is opaque to the caller);
+    ``begin(prepared, timeout)`` writes the request; ``finish(request)`` reads its answer.
+    ``send`` is the three in a row. None of them raises for a delivery failure. The worker
+    serializes the next batch between ``begin`` and ``finish``. Checked with ``isinstance``.
+    """
+
+    def prepare(self, elements: Sequence[bytes]) -> Any:
+        """The body of a request carrying ``elements``, for one later ``begin``."""
+        ...
+
+    def begin(self, prepared: Any, timeout: float) -> Any:
+        """Write the request; ``timeout`` bounds it until ``finish`` has the answer."""
+        ...
+
+    def finish(self, request: Any) -> SendResult:
+        """Wait for the answer to the request ``begin`` wrote."""
         ...
 
 

@@ -25,6 +25,11 @@ Network behaviour (docs/network.md):
   safe for the health and metrics endpoints; the server's own text goes to the DEBUG log only.
 - Redirects are never followed (the API key is in the body).
 
+A send is three steps (``sending.Pipelined``): ``prepare`` joins and compresses the events into
+a body that lacks only its ``sent_at``, ``begin`` stamps it and writes the request, ``finish``
+reads the answer. Between ``begin`` and ``finish`` the worker prepares the next batch while the
+server works (``_http`` splits urllib3's request in two; behind an HTTP proxy it goes whole).
+
 ``SendResult``, ``Transport``, ``ForkAware`` and ``LocalTransport`` are importable from here as
 well as from :mod:`analytics_queue.sending`.
 
@@ -55,6 +60,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import certifi
 import urllib3
 
+from analytics_queue import _http
 from analytics_queue._redact import redact
 from analytics_queue._version import __version__
 from analytics_queue.event import isoformat
@@ -64,6 +70,9 @@ from analytics_queue.sending import (  # re-exported: this module was their firs
 )
 from analytics_queue.sending import (
     LocalTransport as LocalTransport,
+)
+from analytics_queue.sending import (
+    Pipelined as Pipelined,
 )
 from analytics_queue.sending import (
     SendResult,
@@ -81,13 +90,39 @@ GZIP_LEVEL: Final = 1
 MAX_RESPONSE_BYTES: Final = 64 * 1024
 _MAX_DETAIL: Final = 2000
 _SOCKS_SCHEMES: Final = frozenset({"socks4", "socks4a", "socks5", "socks5h"})
+#: The least time finish() waits for an answer, however late it is called.
+_MIN_READ_TIMEOUT: Final = 0.01
 
 logger = logging.getLogger(__name__)
 
 
-def _gzip(data: bytes) -> bytes:
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-    return compressor.compress(data) + compressor.flush()
+class PreparedBody:
+    """A request body without its end: compressed as far as it goes before ``sent_at``.
+
+    Made by ``prepare()`` ahead of time (the costly part); closed once, by ``begin()``.
+    """
+
+    __slots__ = ("_compressor", "_head")
+
+    def __init__(self, head: bytes, compressor: zlib._Compress | None) -> None:
+        self._head = head
+        self._compressor = compressor
+
+    def close(self, tail: bytes) -> bytes:
+        """The whole body (compressed when it was prepared so): the head, then ``tail``."""
+        if self._compressor is None:
+            return self._head + tail
+        return self._head + self._compressor.compress(tail) + self._compressor.flush()
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A request ``begin()`` wrote: its answer is read by ``finish()``, or it already failed."""
+
+    deadline: float
+    exchange: _http.Exchange | None = None
+    result: SendResult | None = None
+    timeout: float = 0.0  # as the caller asked for it, for the failure message
 
 
 class PostHogTransport:
@@ -144,15 +179,63 @@ class PostHogTransport:
         )
 
     def send(self, elements: Sequence[bytes], timeout: float) -> SendResult:
+        return self.finish(self.begin(self.prepare(elements), timeout))
+
+    # -- a request in three steps, so that the worker can work while the server does ---------
+
+    def prepare(self, elements: Sequence[bytes]) -> PreparedBody:
+        """Join (and compress) ``elements`` into a body that only lacks its ``sent_at``."""
+        head = self._prefix + b",".join(elements)
+        if not self._gzip:
+            return PreparedBody(head, None)
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        return PreparedBody(compressor.compress(head), compressor)
+
+    def begin(self, prepared: PreparedBody, timeout: float) -> InFlight:
+        """Stamp ``sent_at``, finish the body and write the request; never raises.
+
+        ``timeout`` bounds the whole attempt, from now until :meth:`finish` has the answer.
+        """
+        seconds = max(timeout, 0.001)
+        deadline = time.monotonic() + seconds
         if self._pool is None:
-            return SendResult(False, error=self._problem, kind="proxy")
-        data = self.body(elements)
-        if self._gzip:
-            data = _gzip(data)
+            return InFlight(deadline, result=SendResult(False, error=self._problem, kind="proxy"))
+        data = prepared.close(self._tail(time.time()))
+        try:
+            exchange = _http.start(self._pool, self._url, data, self._headers, seconds)
+        except _http.ERRORS as exc:
+            return InFlight(deadline, result=self._network_failure(exc, timeout))
+        if exchange is None:  # this pool cannot split a request: send it whole now
+            return InFlight(deadline, result=self._post(data, timeout))
+        return InFlight(deadline, exchange=exchange, timeout=timeout)
+
+    def finish(self, request: InFlight) -> SendResult:
+        """Wait for the answer to a request :meth:`begin` wrote; never raises."""
+        if request.exchange is None:
+            assert request.result is not None
+            return request.result
+        remaining = max(request.deadline - time.monotonic(), _MIN_READ_TIMEOUT)
+        _deadline.at = time.monotonic() + remaining
+        try:
+            response, text = request.exchange.finish(remaining, MAX_RESPONSE_BYTES)
+        except _http.ERRORS as exc:
+            return self._network_failure(exc, request.timeout)
+        finally:
+            _deadline.at = None
+        return self._answer(response.status, response.headers, text)
+
+    def _tail(self, sent_at: float) -> bytes:
+        stamp = isoformat(sent_at).encode()
+        return b"".join(
+            (b'],"historical_migration":', self._migration, b',"sent_at":"', stamp, b'"}')
+        )
+
+    def _post(self, data: bytes, timeout: float) -> SendResult:
+        """Send a whole body with urllib3's ``urlopen`` (a proxy, urllib3 1.x)."""
         seconds = max(timeout, 0.001)
         _deadline.at = time.monotonic() + seconds
         try:
-            response = self._pool.request(
+            response = self._pool.request(  # type: ignore[union-attr]
                 "POST",
                 self._url,
                 body=data,
@@ -167,15 +250,15 @@ class PostHogTransport:
             return self._network_failure(exc, timeout)
         finally:
             _deadline.at = None
-        status = response.status
+        return self._answer(response.status, response.headers, text)
+
+    def _answer(self, status: int, headers: Mapping[str, str], text: bytes) -> SendResult:
         if 200 <= status < 300:
             return SendResult(True, status)
         detail = self._scrub(text.decode("utf-8", "replace")).strip()
         logger.debug("PostHog answered %d: %s", status, detail[:_MAX_DETAIL])
-        kind, error = self._status_failure(status, response.headers.get("Location"))
-        return SendResult(
-            False, status, parse_retry_after(response.headers.get("Retry-After")), error, kind
-        )
+        kind, error = self._status_failure(status, headers.get("Location"))
+        return SendResult(False, status, parse_retry_after(headers.get("Retry-After")), error, kind)
 
     def _status_failure(self, status: int, location: str | None) -> tuple[str, str]:
         phrase = _phrase(status)

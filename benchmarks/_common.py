@@ -24,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
-# The same event everywhere: what the demo's story route tracks.
+# The same event everywhere: what the demo's story route tracks, a flat dict of 8 keys.
 EVENT = "story_generated"
 DISTINCT_ID = "user-123"
 PROPERTIES: dict[str, Any] = {
@@ -34,6 +34,8 @@ PROPERTIES: dict[str, Any] = {
     "duration_ms": 812.5,
     "premium": True,
     "locale": "en-US",
+    "referrer": None,
+    "retries": 2,
 }
 API_KEY = "phc_benchmark_key"
 
@@ -151,12 +153,14 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_child(module: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
+def run_child(
+    module: str, args: Sequence[str], timeout: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run `python -m module args` and return the JSON object on its last `RESULT ` line."""
     proc = subprocess.run(
         [PYTHON, "-m", module, *args],
         cwd=ROOT,
-        env=child_env(),
+        env=child_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,

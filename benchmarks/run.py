@@ -51,6 +51,8 @@ from benchmarks._common import (
 SECTIONS = ("caller_cost", "throughput", "memory", "gil", "routes", "exit", "import_cost", "spool")
 RESULTS = ROOT / "benchmarks" / "results"
 SCRATCH = RESULTS / "scratch"
+#: Profiled in every run that measures throughput: where the caller's and the worker's time goes.
+ALWAYS_PROFILED = ("track", "throughput", "throughput_wall")
 CALLER_CASES = {
     "test_floor_put_nowait": "floor",
     "test_ours_track": "ours",
@@ -328,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         scenarios = list(profiling.SCENARIOS)
     elif not args.no_profile:
+        # Where the time goes, in every run that measured throughput; then what a miss needs.
+        if "throughput" in selected:
+            scenarios = list(ALWAYS_PROFILED)
         for goal in goals:
             if goal["met"] is False:
                 scenarios += [p for p in goal["profile"] if p not in scenarios]

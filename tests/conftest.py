@@ -24,12 +24,14 @@ class _WorkerErrors(logging.Handler):
 def fail_on_swallowed_worker_errors() -> Iterator[None]:
     """The worker logs and survives unexpected errors; in a test, that is a failure."""
     handler = _WorkerErrors()
-    logger = logging.getLogger("analytics_queue._worker")
-    logger.addHandler(handler)
+    loggers = [logging.getLogger(f"analytics_queue.{name}") for name in ("_worker", "_sender")]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
     if handler.records:
         pytest.fail(
             "the analytics worker swallowed an exception:\n"

@@ -210,3 +210,66 @@ def test_distinct_id_timestamp_and_uuid_checks() -> None:
 def test_the_cached_isoformat_matches_datetimes_own(epoch: float) -> None:
     expected = dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="microseconds")
     assert isoformat(epoch) == expected
+
+
+FLAT = {"topic": "t", "words": 412, "ms": 812.5, "ok": True, "ref": None, "ü": "ö"}
+
+
+def test_a_flat_dict_is_copied_and_sized_like_the_general_path() -> None:
+    from analytics_queue.event import _capture_general, capture_sized
+
+    original = dict(FLAT)
+    copy, size = capture_sized("e", original)
+    original["topic"] = "changed"
+    original["new"] = 1
+    assert copy == FLAT and copy is not original
+    assert (copy, size) == _capture_general("e", FLAT)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (math.nan, InvalidEventError),
+        (math.inf, InvalidEventError),
+        (-math.inf, InvalidEventError),
+        (object(), UnserializableError),
+    ],
+)
+def test_the_flat_path_refuses_what_the_general_path_refuses(
+    value: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=r'properties\["bad"\]'):
+        capture_properties("e", {**FLAT, "bad": value})
+
+
+def test_the_flat_path_leaves_subclasses_to_the_general_path() -> None:
+    class Key(str, enum.Enum):
+        PLAN = "plan"
+
+    class Flag(int):
+        pass
+
+    copy = capture_properties("e", {Key.PLAN: "pro", "flag": Flag(3), "f": 1.5})
+    assert copy == {"plan": "pro", "flag": 3, "f": 1.5}
+    assert [type(k) for k in copy] == [str, str, str]
+    assert type(copy["flag"]) is int
+
+
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_format_uuid4_sets_the_bits_uuid_itself_sets(bits: int) -> None:
+    assert format_uuid4(bits) == str(uuid.UUID(int=bits, version=4))
+
+
+def test_queued_event_has_the_fields_track_builds_it_with() -> None:
+    # track() builds QueuedEvent with tuple.__new__ and every field in order (no defaults
+    # apply): a new field must be added there too.
+    assert QueuedEvent._fields == (
+        "event",
+        "distinct_id",
+        "properties",
+        "timestamp",
+        "uuid",
+        "tracked_at",
+        "options",
+        "size",
+    )

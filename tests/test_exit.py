@@ -40,7 +40,13 @@ def run_script(
     ready = process.stdout.readline()
     assert ready.strip() == "ready", ready + (process.stderr.read() if process.stderr else "")
     started = time.monotonic()
-    stdout, stderr = process.communicate(timeout=60)
+    # Read the rest through the same text wrapper: readline() may have buffered lines printed
+    # right after "ready", which communicate() (reading the pipe itself) would never see.
+    # stderr is small here, so reading stdout to its end first cannot fill stderr's pipe.
+    with process:  # closes both pipes
+        stdout = process.stdout.read()
+        stderr = process.stderr.read() if process.stderr else ""
+        process.wait(timeout=60)
     elapsed = time.monotonic() - started
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), elapsed
 

@@ -22,15 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from reliability import record
 
 from analytics_queue import _green
 from analytics_queue._buffer import EventBuffer
 from analytics_queue.testing import CaptureServer
-
-try:
-    from reliability import record
-except ImportError:  # the matrix helper is not in this tree: keep the rows in build/
-    from runtime_rows import record
 
 KEY = "phc_green_test"
 RUNTIMES = ["gevent", "eventlet"]

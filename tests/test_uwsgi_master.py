@@ -21,13 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
+from reliability import record
 
 from analytics_queue.testing import CaptureServer
-
-try:
-    from reliability import record
-except ImportError:  # the matrix helper is not in this tree: keep the rows in build/
-    from runtime_rows import record
 
 KEY = "phc_uwsgi_test"
 

@@ -24,14 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from reliability import record
 from test_uwsgi_master import UnixHTTPConnection, _workers_idle
 
 from analytics_queue.testing import CaptureServer
-
-try:
-    from reliability import record
-except ImportError:  # the matrix helper is not in this tree: keep the rows in build/
-    from runtime_rows import record
 
 KEY = "phc_wsgi_servers_test"
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
+from analytics_queue._endpoint_guard import GUARD_SETTING, resolve_guard
 from analytics_queue.config import (
     DJANGO_SETTINGS,
     OPTION_NAMES,
@@ -20,7 +21,6 @@ from analytics_queue.config import (
     Problem,
     validate_options,
 )
-from analytics_queue.django.views import GUARD_SETTING, resolve_guard
 
 
 def _hint(problem: Problem, name: str) -> str:

@@ -12,20 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils.module_loading import import_string
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
 import analytics_queue
+from analytics_queue._endpoint_guard import GUARD_SETTING, resolve_guard
 from analytics_queue.prometheus import CONTENT_TYPE, choose_format, render_text
-
-#: The setting that protects the views.
-GUARD_SETTING = "ANALYTICS_QUEUE_ENDPOINT_GUARD"
 
 View = Callable[[HttpRequest], HttpResponse]
 
@@ -34,25 +30,6 @@ def staff_only(request: HttpRequest) -> bool:
     """An endpoint guard: only logged-in staff users (``user.is_staff``) see health and metrics."""
     user = getattr(request, "user", None)
     return bool(user is not None and user.is_authenticated and user.is_staff)
-
-
-def resolve_guard(setting: object) -> Callable[[HttpRequest], Any] | None:
-    """The guard a setting names: None, a callable, or a dotted import path.
-
-    Raises:
-        ValueError: the path cannot be imported, or the value is not callable.
-    """
-    if setting is None:
-        return None
-    if isinstance(setting, str):
-        try:
-            setting = import_string(setting)
-        except ImportError:
-            raise ValueError(f"cannot import {setting!r}") from None
-    if not callable(setting):
-        raise ValueError(f"must be a callable or its dotted path, got {type(setting).__name__}")
-    guard: Callable[[HttpRequest], Any] = setting
-    return guard
 
 
 def _guarded(view: View) -> View:
