@@ -86,9 +86,10 @@ def _queues_shut_down_after() -> Iterator[None]:
     must not receive its events) and the previous one is put back afterwards.
     """
     import analytics_queue
+    import analytics_queue._default
     from analytics_queue import AnalyticsQueue
 
-    previous_default, analytics_queue._default = analytics_queue._default, None
+    previous_default, analytics_queue._default._default = analytics_queue._default._default, None
     made: list[AnalyticsQueue] = []
     original: Callable[..., None] = AnalyticsQueue.__init__
 
@@ -103,7 +104,7 @@ def _queues_shut_down_after() -> Iterator[None]:
         AnalyticsQueue.__init__ = original  # type: ignore[method-assign]
         for queue in made:
             queue.shutdown(timeout=2.0)
-        analytics_queue._default = previous_default
+        analytics_queue._default._default = previous_default
 
 
 # The child process of a Django block: the block's source comes on stdin.

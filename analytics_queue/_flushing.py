@@ -70,6 +70,5 @@ def flush_quietly(timeout: float | None, instance: AnalyticsQueue | None) -> boo
 
 
 def _existing_default() -> AnalyticsQueue | None:
-    package = sys.modules.get("analytics_queue")
-    default: AnalyticsQueue | None = getattr(package, "_default", None)
-    return default
+    module = sys.modules.get("analytics_queue._default")  # not loaded: no default instance yet
+    return None if module is None else module.peek()

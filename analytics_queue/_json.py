@@ -21,6 +21,7 @@ Pure functions: safe to call from any thread.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -55,7 +56,10 @@ class Backend(NamedTuple):
 STDLIB: Final = Backend("stdlib", _stdlib_dumps)
 
 
-def _orjson_backend() -> Backend | None:
+@functools.cache
+def orjson_backend() -> Backend | None:
+    """orjson's backend, or None when it is not installed (imported on first use: it costs
+    milliseconds that ``import analytics_queue`` should not pay)."""
     try:
         import orjson
     except ImportError:
@@ -77,9 +81,6 @@ def _orjson_backend() -> Backend | None:
     return Backend("orjson", dumps)
 
 
-ORJSON: Final = _orjson_backend()
-
-
 def select(choice: str | None = None) -> Backend:
     """The backend ``choice`` names (default: the environment's, else orjson when installed).
 
@@ -90,25 +91,25 @@ def select(choice: str | None = None) -> Backend:
     if choice is None:
         choice = os.environ.get(ENV_VAR, "")
     choice = choice.strip().lower()
+    orjson = orjson_backend()
     if choice in ("", "auto"):
-        return ORJSON or STDLIB
+        return orjson or STDLIB
     if choice == "stdlib":
         return STDLIB
     if choice == "orjson":
-        if ORJSON is None:
+        if orjson is None:
             raise ValueError(f"{ENV_VAR}=orjson, but orjson is not installed")
-        return ORJSON
+        return orjson
     raise ValueError(f"{ENV_VAR} must be 'orjson' or 'stdlib', got {choice!r}")
 
 
-def from_environment() -> Backend:
-    """The backend :data:`ENV_VAR` names; a bad value is logged and replaced by the default."""
+@functools.cache
+def default() -> Backend:
+    """The backend of this process, chosen once (at the first encoder): the one :data:`ENV_VAR`
+    names; a bad value is logged and replaced by the automatic choice."""
     try:
         return select()
     except ValueError as exc:
-        logger.warning("%s; using %s", exc, (ORJSON or STDLIB).name)
-        return ORJSON or STDLIB
-
-
-#: The backend of this process, chosen once at import.
-DEFAULT: Final = from_environment()
+        fallback = orjson_backend() or STDLIB
+        logger.warning("%s; using %s", exc, fallback.name)
+        return fallback

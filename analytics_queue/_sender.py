@@ -27,16 +27,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from analytics_queue._buffer import EventBuffer
 from analytics_queue._delivery import DeliveryPolicy, Verdict
 from analytics_queue._ledger import Batch, Ledger, Pending
-from analytics_queue._spool_keeper import SpoolKeeper
 from analytics_queue.errors import RefusedError
 from analytics_queue.event import EventEncoder
 from analytics_queue.metrics import Counters, ErrorRecord
 from analytics_queue.sending import Pipelined, SendResult, Transport
+
+if TYPE_CHECKING:  # the spool (and SQLite) load only with spool_path
+    from analytics_queue._spool_keeper import SpoolKeeper
 
 logger = logging.getLogger(__name__)
 

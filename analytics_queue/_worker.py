@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from analytics_queue import _lifecycle, _multiprocessing
 from analytics_queue._buffer import EventBuffer
@@ -35,11 +35,13 @@ from analytics_queue._delivery import Decision, DeliveryPolicy
 from analytics_queue._guard import guarded, inside
 from analytics_queue._ledger import Ledger, Totals
 from analytics_queue._sender import Sender
-from analytics_queue._spool_keeper import SpoolKeeper
 from analytics_queue.event import EventEncoder
 from analytics_queue.metrics import Counters
 from analytics_queue.retry import RetryPolicy
 from analytics_queue.sending import Transport
+
+if TYPE_CHECKING:  # the spool (and SQLite) load only with spool_path
+    from analytics_queue._spool_keeper import SpoolKeeper
 
 logger = logging.getLogger(__name__)
 

@@ -18,12 +18,11 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from analytics_queue import _lifecycle
 from analytics_queue._buffer import BufferBytesFull, BufferClosed, EventBuffer
 from analytics_queue._guard import deferred, guarded, inside, run_deferred, run_outside
-from analytics_queue._spool_keeper import SpoolKeeper
 from analytics_queue._uwsgi import in_master, uwsgi_problems
 from analytics_queue._worker import Worker
 from analytics_queue.builders import (
@@ -65,6 +64,9 @@ from analytics_queue.metrics import (
 )
 from analytics_queue.retry import RetryPolicy
 from analytics_queue.sending import ForkAware, LocalTransport, Transport
+
+if TYPE_CHECKING:
+    from analytics_queue._spool_keeper import SpoolKeeper as _SpoolKeeper
 
 logger = logging.getLogger(__name__)
 
@@ -232,11 +234,13 @@ class AnalyticsQueue:
         self._pid = os.getpid()
 
     @staticmethod
-    def _make_spool(config: Config) -> SpoolKeeper | None:
+    def _make_spool(config: Config) -> _SpoolKeeper | None:
         """The spool of this process (opened by the worker on first use), or None."""
         if config.spool_path is None:
             return None
         lease = max(SPOOL_MIN_LEASE, 4 * config.timeout)  # well above one attempt
+        from analytics_queue._spool_keeper import SpoolKeeper  # SQLite: only with a spool
+
         return SpoolKeeper(config.spool_path, max_bytes=config.spool_max_bytes, lease=lease)
 
     @property

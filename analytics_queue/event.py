@@ -28,7 +28,6 @@ import enum
 import json
 import math
 import os
-import platform
 import sys
 import uuid as uuid_module
 from collections.abc import Callable, Mapping
@@ -496,6 +495,8 @@ def system_properties() -> dict[str, Any]:
     ``$os_distro``, with posthog-python's values (its Linux figures come from the os-release
     file, read here through the standard library). Read once per encoder, never per event.
     """
+    import platform  # read once per encoder: not worth its import at package import
+
     props: dict[str, Any] = {
         "$python_runtime": platform.python_implementation(),
         "$python_version": "{}.{}.{}".format(*sys.version_info[:3]),
@@ -509,6 +510,8 @@ def system_properties() -> dict[str, Any]:
 
 
 def _os_info(platform_name: str) -> tuple[str, str, str]:
+    import platform
+
     if platform_name.startswith("win"):
         return "Windows", platform.win32_ver()[0] or "", ""
     if platform_name == "darwin":
@@ -588,7 +591,7 @@ class EventEncoder:
         before_send: Callable[[dict[str, Any]], Any] | None = None,
         backend: _json.Backend | None = None,
     ) -> None:
-        self.backend = backend or _json.DEFAULT
+        self.backend = backend or _json.default()
         self._dumps = self.backend.dumps
         # Event names as JSON: an app has few of them. A dict's get and set are atomic, so
         # threads sharing the encoder at worst serialize a name twice.

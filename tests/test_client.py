@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import analytics_queue
+import analytics_queue._default
 from analytics_queue import AnalyticsQueue, InvalidEventError, OversizeError, UnserializableError
 from analytics_queue.retry import RetryPolicy
 from analytics_queue.testing import CaptureServer
@@ -459,7 +460,7 @@ def test_the_api_key_appears_in_no_log_metric_or_health(
 
 
 def test_the_default_instance(capture_server: CaptureServer) -> None:
-    previous = analytics_queue._default
+    previous = analytics_queue._default._default
     try:
         first = analytics_queue.configure(api_key=KEY, host=capture_server.url)
         assert analytics_queue.get_default() is first
@@ -475,7 +476,7 @@ def test_the_default_instance(capture_server: CaptureServer) -> None:
         assert [e.event for e in capture_server.events()] == ["default", "flushed by configure"]
         assert analytics_queue.shutdown(timeout=5)
     finally:
-        analytics_queue._default = previous
+        analytics_queue._default._default = previous
 
 
 class ScriptedTransport:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import analytics_queue
+import analytics_queue._default
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "posthog-parity.md"
 BLOCK = re.compile(r"(<!-- skip: next -->\n)?```python\n(.*?)```", re.DOTALL)
@@ -24,9 +25,9 @@ def local_mode(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith(("POSTHOG_", "ANALYTICS_QUEUE_")):
             monkeypatch.delenv(name)
-    monkeypatch.setattr(analytics_queue, "_default", None)
+    monkeypatch.setattr(analytics_queue._default, "_default", None)
     yield
-    instance = analytics_queue._default
+    instance = analytics_queue._default._default
     if instance is not None:
         instance.shutdown(timeout=2.0)
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 import analytics_queue
+import analytics_queue._default
 from analytics_queue import AnalyticsQueue
 from analytics_queue.testing import CaptureServer
 
@@ -70,7 +71,7 @@ def test_the_deadline_holds_when_the_server_never_answers(
 def test_the_default_instance_is_flushed(
     capture_server: CaptureServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(analytics_queue, "_default", None)
+    monkeypatch.setattr(analytics_queue._default, "_default", None)
     queue = analytics_queue.configure(
         api_key="phc_flushing_test", host=capture_server.url, flush_interval=60, batch_size=1000
     )
@@ -83,7 +84,7 @@ def test_the_default_instance_is_flushed(
 
 
 def test_no_default_instance_is_built_just_to_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(analytics_queue, "_default", None)
+    monkeypatch.setattr(analytics_queue._default, "_default", None)
     with analytics_queue.flushing(timeout=1):
         pass
-    assert analytics_queue._default is None
+    assert analytics_queue._default._default is None

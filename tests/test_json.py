@@ -20,7 +20,8 @@ from analytics_queue.errors import RefusedError
 from analytics_queue.event import EventEncoder, QueuedEvent, capture_properties
 
 needs_orjson = pytest.mark.skipif(
-    _json.ORJSON is None, reason="orjson is not installed (pip install 'analytics-queue[fast]')"
+    _json.orjson_backend() is None,
+    reason="orjson is not installed (pip install 'analytics-queue[fast]')",
 )
 
 
@@ -73,8 +74,8 @@ def test_both_backends_give_the_same_outcome_for_any_captured_event(
     except RefusedError:  # a lone surrogate: track() refuses it; the encoder must as well
         pass
     item = QueuedEvent(event, distinct_id, properties, None, 7, 1.5)
-    assert _json.ORJSON is not None
-    assert outcome(_json.ORJSON, item) == outcome(_json.STDLIB, item)
+    assert _json.orjson_backend() is not None
+    assert outcome(_json.orjson_backend(), item) == outcome(_json.STDLIB, item)
 
 
 @needs_orjson
@@ -97,11 +98,11 @@ def test_both_backends_give_the_same_outcome_for_any_captured_event(
 def test_where_orjson_differs_the_outcome_is_the_standard_librarys(
     properties: dict[str, Any],
 ) -> None:
-    assert _json.ORJSON is not None
+    assert _json.orjson_backend() is not None
     for name, distinct_id in (("e", "u"), ("e\ud800", "u"), ("e", "\udc00")):
         # As they are, not captured: capture refuses lone surrogates before the encoder sees them.
         item = QueuedEvent(name, distinct_id, properties, None, 7, 1.5)
-        assert outcome(_json.ORJSON, item) == outcome(_json.STDLIB, item)
+        assert outcome(_json.orjson_backend(), item) == outcome(_json.STDLIB, item)
 
 
 class Text(str):
@@ -129,8 +130,8 @@ class Point:
 def test_values_capture_would_have_converted_still_meet_the_standard_librarys_answer(
     obj: Any,
 ) -> None:
-    assert _json.ORJSON is not None
-    assert dumps_outcome(_json.ORJSON, obj) == dumps_outcome(_json.STDLIB, obj)
+    assert _json.orjson_backend() is not None
+    assert dumps_outcome(_json.orjson_backend(), obj) == dumps_outcome(_json.STDLIB, obj)
 
 
 def test_the_standard_library_refuses_nan() -> None:
@@ -140,7 +141,7 @@ def test_the_standard_library_refuses_nan() -> None:
 
 def test_select_names_the_backend_and_refuses_unknown_names() -> None:
     assert _json.select("stdlib") is _json.STDLIB
-    assert _json.select("") is (_json.ORJSON or _json.STDLIB)
+    assert _json.select("") is (_json.orjson_backend() or _json.STDLIB)
     with pytest.raises(ValueError, match="'orjson' or 'stdlib'"):
         _json.select("simplejson")
 
@@ -149,9 +150,13 @@ def test_a_bad_environment_value_is_logged_and_replaced(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv(_json.ENV_VAR, "fastest")
-    with caplog.at_level(logging.WARNING, logger="analytics_queue._json"):
-        backend = _json.from_environment()
-    assert backend is (_json.ORJSON or _json.STDLIB)
+    _json.default.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="analytics_queue._json"):
+            backend = _json.default()
+    finally:
+        _json.default.cache_clear()
+    assert backend is (_json.orjson_backend() or _json.STDLIB)
     assert "fastest" in caplog.text
 
 
@@ -164,5 +169,7 @@ def test_the_encoder_uses_the_backend_the_environment_names(choice: str) -> None
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    expected = "stdlib" if choice == "stdlib" else ("orjson" if _json.ORJSON else "stdlib")
+    expected = (
+        "stdlib" if choice == "stdlib" else ("orjson" if _json.orjson_backend() else "stdlib")
+    )
     assert out.stdout.strip() == expected

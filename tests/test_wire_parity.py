@@ -17,6 +17,7 @@ import posthog
 import pytest
 
 import analytics_queue
+import analytics_queue._default
 from analytics_queue import AnalyticsQueue
 from analytics_queue.testing import CaptureServer
 
@@ -297,7 +298,7 @@ def test_the_before_send_path_sends_the_same_body(capture_server: CaptureServer)
 def default_instance(
     capture_server: CaptureServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[AnalyticsQueue]:
-    monkeypatch.setattr(analytics_queue, "_default", None)
+    monkeypatch.setattr(analytics_queue._default, "_default", None)
     instance = analytics_queue.configure(api_key=KEY, host=capture_server.url)
     yield instance
     instance.shutdown(timeout=5)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import analytics_queue
+import analytics_queue._default
 from analytics_queue import AnalyticsQueue
 
 TEST_KEY = "phc_integration_tests"
@@ -50,9 +51,9 @@ def isolated_default(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ``configure()`` shuts down the instance it replaces: starting from no default means no
     instance made outside the test is ever shut down by it.
     """
-    monkeypatch.setattr(analytics_queue, "_default", None)
+    monkeypatch.setattr(analytics_queue._default, "_default", None)
     yield
-    instance = analytics_queue._default
+    instance = analytics_queue._default._default
     if instance is not None:
         instance.shutdown(timeout=2.0)
 
@@ -82,10 +83,10 @@ def django_settings() -> Any:
     if not settings.configured:
         with pytest.MonkeyPatch.context() as mp:
             # ready() configures the default instance: keep it away from other tests' one.
-            mp.setattr(analytics_queue, "_default", None)
+            mp.setattr(analytics_queue._default, "_default", None)
             settings.configure(**DJANGO_SETTINGS)
             django.setup()
-            made = analytics_queue._default
+            made = analytics_queue._default._default
             if made is not None:
                 made.shutdown(timeout=1.0)
     return settings

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import analytics_queue
+import analytics_queue._default
 from analytics_queue import AnalyticsQueue
 from analytics_queue.prometheus import (
     INSTALL_HINT,
@@ -121,7 +122,7 @@ def test_registering_reads_nothing_and_none_follows_the_default_instance(
 ) -> None:
     registry = CollectorRegistry(auto_describe=True)
     register(registry=registry)  # describe() only: no default instance is created
-    assert analytics_queue._default is None
+    assert analytics_queue._default._default is None
 
     default = analytics_queue.configure(api_key="phc_test", host=capture_server.url)
     assert analytics_queue.track("signed_up", distinct_id="u")
