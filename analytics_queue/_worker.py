@@ -146,7 +146,12 @@ class Worker:
     def alive(self) -> bool:
         """True when the worker thread runs in this process."""
         thread = self._thread
-        return thread is not None and thread.is_alive()
+        if thread is None:
+            return False
+        # Guarded: an exception raised by a signal handler inside is_alive() (or join()) makes
+        # CPython 3.11 release the running thread's state lock and mark it stopped.
+        with guarded():
+            return thread.is_alive()
 
     @property
     def started(self) -> bool:
@@ -194,8 +199,9 @@ class Worker:
     def wait_stopped(self, deadline: float) -> bool:
         """Wait for the drain started by :meth:`begin_stop`; True when nothing is left."""
         thread = self._thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - self._monotonic()))
+        if self.alive and thread is not None and thread is not threading.current_thread():
+            with guarded():  # see alive: a signal must not interrupt join() either
+                thread.join(max(0.0, deadline - self._monotonic()))
         else:
             self._run_here(deadline, target=None)
             self._spool_rest()

@@ -329,17 +329,17 @@ def test_sigterm_at_any_point_of_flush_exits_within_budget_and_loses_nothing(
     assert len(runs) > 30, runs  # flush() has that many points at least
     hung = [r for r in runs if r["hung"]]
     wrong = [r for r in runs if not r["hung"] and r["status"] != 143]
-    # Every event is delivered, or counted by the exit's warning: on Python 3.11 a signal
-    # landing in Thread.is_alive() can mark the live worker stopped (the stdlib's bpo-45274
-    # handler releases a lock its failed non-blocking acquire never took), and the exit then
-    # counts what it could not send instead of sending it.
+    # Every event is delivered: the server is up. (On Python 3.11 a signal landing inside
+    # Thread.is_alive() or join() can mark the live worker stopped, the stdlib's bpo-45274
+    # handler releasing a lock its failed non-blocking acquire never took; the worker calls
+    # them only inside guarded sections, where the exit waits.)
     lost = {}
     for r in runs:
         arrived = sum(e.properties["at"] == r["at"] for e in capture_server.events("in_flush"))
         stderr = (tmp_path / f"stderr-{r['at']}").read_text()
         counted = sum(int(n) for n in UNDELIVERED.findall(stderr))
-        if arrived + counted != FLUSH_SIGTERM_EVENTS:
-            lost[r["at"]] = FLUSH_SIGTERM_EVENTS - arrived - counted
+        if arrived != FLUSH_SIGTERM_EVENTS or counted:
+            lost[r["at"]] = FLUSH_SIGTERM_EVENTS - arrived
     report = (
         f"SIGTERM at {len(runs)} points of flush(): {len(hung)} hung past {SIGTERM_BUDGET} s "
         f"(at {[r['at'] for r in hung]}); other exits: {wrong}; events neither delivered nor "
