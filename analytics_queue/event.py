@@ -156,8 +156,8 @@ def has_surrogate(text: str) -> bool:
 _NOT_UNICODE: Final = "a str that is not valid Unicode (a lone surrogate)"
 
 
-class _Refusal(Exception):
-    """Internal: carries the path of a refused value up to capture_properties."""
+class Refusal(Exception):
+    """A refused value and its path inside the properties (raised by :func:`convert_value`)."""
 
     def __init__(self, parts: tuple[object, ...], message: str, error: type[RefusedError]):
         super().__init__(message)
@@ -166,12 +166,12 @@ class _Refusal(Exception):
         self.error = error
 
 
-def _convert(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
+def convert_value(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
     """Copy one non-trivial value into JSON-native types; returns it and its size estimate."""
     if len(parts) > MAX_DEPTH:
-        raise _Refusal(parts, f"nested deeper than {MAX_DEPTH} levels", InvalidEventError)
+        raise Refusal(parts, f"nested deeper than {MAX_DEPTH} levels", InvalidEventError)
     if isinstance(value, enum.Enum):
-        return _convert(value.value, parts)
+        return convert_value(value.value, parts)
     if isinstance(value, bool):
         return bool(value), _VALUE_OVERHEAD
     if isinstance(value, int):
@@ -179,14 +179,14 @@ def _convert(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
     if isinstance(value, float):
         number = float.__float__(value)
         if math.isnan(number) or number in _INFINITIES:
-            raise _Refusal(
+            raise Refusal(
                 parts, f"{float.__repr__(number)} cannot be sent as JSON", InvalidEventError
             )
         return number, _VALUE_OVERHEAD
     if isinstance(value, str):
         text = plain_str(value)
         if has_surrogate(text):
-            raise _Refusal(parts, _NOT_UNICODE, InvalidEventError)
+            raise Refusal(parts, _NOT_UNICODE, InvalidEventError)
         return text, len(text) + _VALUE_OVERHEAD
     if value is None:
         return None, _VALUE_OVERHEAD
@@ -195,15 +195,15 @@ def _convert(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
         size = 2
         for key, item in value.items():
             if not isinstance(key, str):
-                raise _Refusal(
+                raise Refusal(
                     (*parts, key),
                     f"key of type {type(key).__name__} (keys must be str)",
                     UnserializableError,
                 )
             name = plain_str(key)
             if has_surrogate(name):
-                raise _Refusal((*parts, key), f"key: {_NOT_UNICODE}", InvalidEventError)
-            converted, n = _convert(item, (*parts, name))
+                raise Refusal((*parts, key), f"key: {_NOT_UNICODE}", InvalidEventError)
+            converted, n = convert_value(item, (*parts, name))
             out[name] = converted
             size += n + len(name) + _VALUE_OVERHEAD
         return out, size
@@ -211,7 +211,7 @@ def _convert(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
         items: list[Any] = []
         size = 2
         for index, item in enumerate(value):
-            converted, n = _convert(item, (*parts, index))
+            converted, n = convert_value(item, (*parts, index))
             items.append(converted)
             size += n + 1
         return items, size
@@ -220,15 +220,15 @@ def _convert(value: Any, parts: tuple[object, ...]) -> tuple[Any, int]:
         return text, len(text) + _VALUE_OVERHEAD
     if isinstance(value, Decimal):
         if not value.is_finite():
-            raise _Refusal(parts, f"Decimal {value} cannot be sent as JSON", InvalidEventError)
+            raise Refusal(parts, f"Decimal {value} cannot be sent as JSON", InvalidEventError)
         text = Decimal.__str__(value)  # exact: a float would round money and overflow past 1e308
         return text, len(text) + _VALUE_OVERHEAD
     if isinstance(value, uuid_module.UUID):
         return uuid_module.UUID.__str__(value), 40
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        return _convert(fields, parts)
-    raise _Refusal(
+        return convert_value(fields, parts)
+    raise Refusal(
         parts,
         f"object of type {type(value).__name__} is not JSON serializable",
         UnserializableError,
@@ -292,30 +292,30 @@ def _capture_general(
         for key, value in properties.items():
             if type(key) is not str:
                 if not isinstance(key, str):
-                    raise _Refusal(
+                    raise Refusal(
                         (key,),
                         f"key of type {type(key).__name__} (keys must be str)",
                         UnserializableError,
                     )
                 key = plain_str(key)
             if not key.isascii() and has_surrogate(key):
-                raise _Refusal((key,), f"key: {_NOT_UNICODE}", InvalidEventError)
+                raise Refusal((key,), f"key: {_NOT_UNICODE}", InvalidEventError)
             kind = type(value)
             if kind is str:
                 if not value.isascii() and has_surrogate(value):
-                    raise _Refusal((key,), _NOT_UNICODE, InvalidEventError)
+                    raise Refusal((key,), _NOT_UNICODE, InvalidEventError)
                 size += len(value) + len(key) + _VALUE_OVERHEAD
             elif kind is int or kind is bool or value is None:
                 size += len(key) + _VALUE_OVERHEAD
             elif kind is float:
                 if value != value or value in _INFINITIES:
-                    raise _Refusal((key,), f"{value!r} cannot be sent as JSON", InvalidEventError)
+                    raise Refusal((key,), f"{value!r} cannot be sent as JSON", InvalidEventError)
                 size += len(key) + _VALUE_OVERHEAD
             else:
-                value, n = _convert(value, (key,))
+                value, n = convert_value(value, (key,))
                 size += n + len(key)
             out[key] = value
-    except _Refusal as refusal:
+    except Refusal as refusal:
         raise refusal.error(
             f"event {shown(event)}: {_path(refusal.parts)}: {refusal.message}"
         ) from None

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from analytics_queue.errors import RefusedError
-from analytics_queue.event import QueuedEvent, _convert, _Refusal
+from analytics_queue.event import QueuedEvent, Refusal, convert_value
 
 if TYPE_CHECKING:
     from analytics_queue.event import EventEncoder
@@ -65,7 +65,7 @@ class BeforeSend:
         """
         # A copy of every container: tag values and $context_tags are shared by the events of
         # one context, and a hook that changes them in place must change only this event.
-        element: dict[str, Any] = _convert(encoder.to_dict(item), ())[0]
+        element: dict[str, Any] = convert_value(encoder.to_dict(item), ())[0]
         try:
             result = self._hook(element)
         except Exception as exc:
@@ -74,8 +74,8 @@ class BeforeSend:
             raise BeforeSendDropped(f"event {item.event!r}: dropped by before_send")
         try:
             checked = _check_element(result, encoder.uuid_of(item))
-        except (_Refusal, ValueError, TypeError, RecursionError) as exc:
-            message = exc.message if isinstance(exc, _Refusal) else str(exc)
+        except (Refusal, ValueError, TypeError, RecursionError) as exc:
+            message = exc.message if isinstance(exc, Refusal) else str(exc)
             self._failed(item.event, f"before_send returned a bad event: {message}", None)
         return encoder.dumps_element(item.event, checked)
 
@@ -95,7 +95,7 @@ def _check_element(result: object, fallback_uuid: str) -> dict[str, Any]:
     """The hook's answer as a JSON-native batch element, or ValueError/TypeError."""
     if not isinstance(result, Mapping):
         raise TypeError(f"expected a dict or None, got {type(result).__name__}")
-    converted, _ = _convert(result, ())
+    converted, _ = convert_value(result, ())
     element: dict[str, Any] = converted
     event = element.get("event")
     if not isinstance(event, str) or not event:
