@@ -17,7 +17,7 @@ from contextvars import Token
 from dataclasses import dataclass
 from typing import Final
 
-from analytics_queue.context import Scope, _current, current_scope
+from analytics_queue.context import Scope, _current
 
 SESSION_HEADER: Final = "X-POSTHOG-SESSION-ID"
 DISTINCT_ID_HEADER: Final = "X-POSTHOG-DISTINCT-ID"
@@ -75,11 +75,6 @@ def close_scope(token: Token[Scope | None]) -> None:
         _current.reset(token)
     except (ValueError, RuntimeError):  # another context's token, or used: nothing to undo
         pass
-
-
-def in_scope() -> bool:
-    """True when a scope is open in the current context."""
-    return current_scope() is not None
 
 
 def _header_id(value: str | None) -> str | None:
